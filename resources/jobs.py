@@ -1,0 +1,101 @@
+"""Running one entrypoint as a Ray job through the Jobs API, with its logs streamed to a callback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from resources.errors import RayJobError
+
+logger = logging.getLogger(__name__)
+
+JOB_POLL_INTERVAL_S = 1.0
+JOB_TIMEOUT_S = 6 * 3600.0
+LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """Timings of a job that succeeded, in seconds measured by the submitter."""
+
+    job_id: str
+    queued_s: float
+    running_s: float
+
+
+def run_job(
+    client: JobSubmissionClient,
+    *,
+    entrypoint: str,
+    submission_id: str,
+    on_log_line: Callable[[str], None],
+    env_vars: dict[str, str] | None = None,
+    timeout_s: float = JOB_TIMEOUT_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> JobOutcome:
+    """Submit ``entrypoint``, pass each new log line to ``on_log_line`` and wait for the end.
+
+    The job runs the cluster's own Python environment; no code is uploaded. If the
+    caller is interrupted (run termination raises in the waiting thread), the job is
+    stopped before the interruption propagates.
+
+    Raises:
+        RayJobError: the job failed, was stopped, or outlived ``timeout_s``; carries
+            the job's last log lines.
+    """
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env)
+    logger.info("Submitted Ray job %s: %s", job_id, entrypoint)
+
+    submitted_at = clock()
+    deadline = submitted_at + timeout_s
+    started_at: float | None = None
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    log_offset = 0
+    try:
+        while True:
+            status = client.get_job_status(job_id)
+            if started_at is None and status != JobStatus.PENDING:
+                started_at = clock()
+
+            # Limitation: the Jobs API returns the whole log on each call, which is fine for
+            # training logs of a few MB; tail_job_logs would need an event loop in this thread.
+            logs = client.get_job_logs(job_id)
+            for line in logs[log_offset:].splitlines():
+                tail.append(line)
+                on_log_line(line)
+            log_offset = len(logs)
+
+            if status.is_terminal():
+                break
+            if clock() > deadline:
+                client.stop_job(job_id)
+                raise RayJobError(job_id, "TIMED_OUT", f"still running after {timeout_s:.0f} s", "\n".join(tail))
+            sleep(JOB_POLL_INTERVAL_S)
+    except BaseException:
+        _stop_quietly(client, job_id)
+        raise
+
+    finished_at = clock()
+    if status != JobStatus.SUCCEEDED:
+        info = client.get_job_info(job_id)
+        reason = info.message or "no message from Ray"
+        raise RayJobError(job_id, str(status.value), reason, "\n".join(tail))
+
+    started = started_at if started_at is not None else finished_at
+    return JobOutcome(job_id=job_id, queued_s=started - submitted_at, running_s=finished_at - started)
+
+
+def _stop_quietly(client: JobSubmissionClient, job_id: str) -> None:
+    try:
+        if not client.get_job_status(job_id).is_terminal():
+            client.stop_job(job_id)
+            logger.info("Stopped Ray job %s", job_id)
+    except Exception as err:  # noqa: BLE001 - the cluster is torn down next anyway
+        logger.warning("Could not stop Ray job %s before teardown: %s", job_id, err)

@@ -1,0 +1,349 @@
+"""The ``local`` backend: one Ray head and N Ray worker nodes as processes on this machine.
+
+Each node is a ``ray start --block`` process in its own process group, so stopping
+a node is one ``killpg`` and never touches Ray processes that this cluster did not
+start (``ray stop`` would stop every Ray process on the machine). A watchdog
+(``resources.reaper``) kills the groups if the launching process dies without
+stopping them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from resources.errors import ClusterStartError
+from resources.reaper import GRACE_PERIOD_S, kill_process_groups
+from resources.spec import ClusterSpec
+
+logger = logging.getLogger(__name__)
+
+# One deadline covers the head, the dashboard and every worker joining.
+START_TIMEOUT_S = 180.0
+POLL_INTERVAL_S = 0.25
+LOG_TAIL_LINES = 20
+
+# Ray resolves 127.0.0.1 and "localhost" to the machine's network address before it
+# binds (ray._private.services.resolve_ip_for_localhost), so the nodes use another
+# loopback address to keep all cluster traffic on this machine.
+DEFAULT_NODE_IP = "127.0.0.2"
+DASHBOARD_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class LocalClusterInfo:
+    """Addresses of a running local cluster."""
+
+    name: str
+    dashboard_url: str
+    gcs_address: str
+    startup_s: float
+
+
+@dataclass
+class _Node:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def _free_port(host: str) -> int:
+    # Limitation: another program can take the port between this probe and Ray's bind.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalRayCluster:
+    """A Ray cluster made of processes on this machine, owned by the object that started it.
+
+    Use it as a context manager, or call :meth:`start` and then :meth:`stop` in ``finally``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        spec: ClusterSpec,
+        node_ip: str = DEFAULT_NODE_IP,
+        temp_root: str | None = None,
+        python_executable: str = sys.executable,
+        start_timeout_s: float = START_TIMEOUT_S,
+        on_progress: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self._node_ip = node_ip
+        self._temp_root = temp_root
+        self._bin_dir = Path(python_executable).parent
+        self._python = python_executable
+        self._start_timeout_s = start_timeout_s
+        self._on_progress = on_progress or (lambda message: logger.info("%s", message))
+        self._clock = clock
+        self._sleep = sleep
+
+        self._nodes: list[_Node] = []
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._work_dir: Path | None = None
+        self.info: LocalClusterInfo | None = None
+
+    def __enter__(self) -> LocalClusterInfo:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs of the ``ray start`` process of each node; each is also its node's process group id."""
+        return [node.process.pid for node in self._nodes]
+
+    def start(self) -> LocalClusterInfo:
+        """Start the head and all workers and wait until every node is registered.
+
+        Raises:
+            ClusterStartError: a node exited or the cluster was not ready within the
+                start timeout. Everything started so far is stopped before it is raised.
+        """
+        started_at = self._clock()
+        deadline = started_at + self._start_timeout_s
+        try:
+            self._work_dir = Path(tempfile.mkdtemp(prefix="ray-", dir=self._temp_root))
+            (self._work_dir / "home").mkdir()
+            self._start_reaper()
+
+            gcs_port = _free_port(self._node_ip)
+            dashboard_port = _free_port(DASHBOARD_HOST)
+            gcs_address = f"{self._node_ip}:{gcs_port}"
+            dashboard_url = f"http://{DASHBOARD_HOST}:{dashboard_port}"
+
+            self._on_progress(f"Starting Ray head of {self.name}")
+            self._start_node("head", self._head_args(gcs_port, dashboard_port))
+
+            # A worker that starts before the GCS listens times out while registering,
+            # so workers start once the GCS port accepts connections, all at once, while
+            # the head's dashboard is still starting.
+            self._wait_for_port(self._node_ip, gcs_port, deadline)
+            self._on_progress(f"Starting {self.spec.workers} Ray worker nodes")
+            for index in range(self.spec.workers):
+                self._start_node(f"worker-{index}", self._worker_args(index, gcs_address))
+
+            self._wait_for_dashboard(dashboard_url, deadline)
+            self._on_progress(f"Ray head is up, dashboard at {dashboard_url}")
+            self._wait_for_nodes(dashboard_url, deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+        startup_s = self._clock() - started_at
+        self.info = LocalClusterInfo(
+            name=self.name, dashboard_url=dashboard_url, gcs_address=gcs_address, startup_s=startup_s
+        )
+        self._on_progress(f"All {self.spec.workers} workers registered in {startup_s:.1f} s")
+        return self.info
+
+    def stop(self) -> None:
+        """Stop every process of this cluster and remove its temporary folder. Safe to call twice."""
+        if self._nodes:
+            logger.info("Stopping Ray cluster %s (process groups %s)", self.name, self.pids)
+            kill_process_groups(self.pids, grace_period_s=GRACE_PERIOD_S)
+            for node in self._nodes:
+                try:
+                    node.process.wait(timeout=GRACE_PERIOD_S)
+                except subprocess.TimeoutExpired:
+                    logger.warning("Ray %s of %s (pid %d) outlived SIGKILL", node.name, self.name, node.process.pid)
+            self._nodes = []
+        if self._reaper is not None:
+            self._release_reaper()
+        if self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None
+        self.info = None
+
+    def _ray_env(self) -> dict[str, str]:
+        assert self._work_dir is not None
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_ADDRESS")}
+        env.update(
+            {
+                # Jobs run the first `python` on the PATH of the process that started the head.
+                "PATH": f"{self._bin_dir}{os.pathsep}{env.get('PATH', '')}",
+                # Ray turns on token auth when it finds ~/.ray/auth_token; this cluster
+                # gets its own HOME and says explicitly that it has no auth.
+                "HOME": str(self._work_dir / "home"),
+                "RAY_AUTH_MODE": "disabled",
+                "RAY_USAGE_STATS_ENABLED": "0",
+            }
+        )
+        return env
+
+    def _common_args(self) -> list[str]:
+        return [
+            str(self._bin_dir / "ray"),
+            "start",
+            "--block",
+            "--disable-usage-stats",
+            f"--node-ip-address={self._node_ip}",
+            f"--object-store-memory={self.spec.object_store_memory}",
+            # Each node on this machine needs its own agent ports; Ray's defaults are fixed numbers.
+            f"--dashboard-agent-listen-port={_free_port(self._node_ip)}",
+            f"--dashboard-agent-grpc-port={_free_port(self._node_ip)}",
+            f"--metrics-export-port={_free_port(self._node_ip)}",
+            f"--runtime-env-agent-port={_free_port(self._node_ip)}",
+            f"--node-manager-port={_free_port(self._node_ip)}",
+            f"--object-manager-port={_free_port(self._node_ip)}",
+        ]
+
+    def _head_args(self, gcs_port: int, dashboard_port: int) -> list[str]:
+        assert self._work_dir is not None
+        return [
+            *self._common_args(),
+            "--head",
+            f"--port={gcs_port}",
+            f"--temp-dir={self._work_dir / 'head'}",
+            "--include-dashboard=true",
+            f"--dashboard-host={DASHBOARD_HOST}",
+            f"--dashboard-port={dashboard_port}",
+            f"--ray-client-server-port={_free_port(self._node_ip)}",
+            f"--num-cpus={self.spec.head_cpus}",
+            "--num-gpus=0",
+        ]
+
+    def _worker_args(self, index: int, gcs_address: str) -> list[str]:
+        assert self._work_dir is not None
+        return [
+            *self._common_args(),
+            f"--address={gcs_address}",
+            # Nodes that share a temp dir pick socket and log names by counting files,
+            # which races when workers start together; a folder per node avoids that.
+            f"--temp-dir={self._work_dir / f'w{index}'}",
+            f"--num-cpus={self.spec.cpus_per_worker}",
+            f"--num-gpus={self.spec.gpus_per_worker}",
+            f"--memory={self.spec.memory_per_worker}",
+        ]
+
+    def _start_reaper(self) -> None:
+        assert self._work_dir is not None
+        self._reaper = subprocess.Popen(
+            [self._python, "-m", "resources.reaper", f"--cleanup-dir={self._work_dir}"],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+
+    def _release_reaper(self) -> None:
+        assert self._reaper is not None
+        try:
+            assert self._reaper.stdin is not None
+            self._reaper.stdin.write(b"release\n")
+            self._reaper.stdin.close()
+            self._reaper.wait(timeout=GRACE_PERIOD_S)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self._reaper.kill()
+        self._reaper = None
+
+    def _start_node(self, node_name: str, args: list[str]) -> None:
+        assert self._work_dir is not None and self._reaper is not None and self._reaper.stdin is not None
+        log_path = self._work_dir / f"{node_name}.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                args,
+                env=self._ray_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._nodes.append(_Node(name=node_name, process=process, log_path=log_path))
+        self._reaper.stdin.write(f"watch {process.pid}\n".encode())
+        self._reaper.stdin.flush()
+        logger.debug("Started Ray %s of %s as pid %d", node_name, self.name, process.pid)
+
+    def _check_nodes_alive(self) -> None:
+        for node in self._nodes:
+            code = node.process.poll()
+            if code is not None:
+                raise ClusterStartError(
+                    self.name,
+                    f"Ray {node.name} exited with code {code} while starting",
+                    _tail(node.log_path),
+                )
+
+    def _wait_for_port(self, host: str, port: int, deadline: float) -> None:
+        while True:
+            self._check_nodes_alive()
+            try:
+                with socket.create_connection((host, port), timeout=1):
+                    return
+            except OSError:
+                pass
+            if self._clock() > deadline:
+                raise ClusterStartError(
+                    self.name,
+                    f"the GCS at {host}:{port} did not accept connections within {self._start_timeout_s:.0f} s",
+                    _tail(self._nodes[0].log_path),
+                )
+            self._sleep(POLL_INTERVAL_S)
+
+    def _wait_for_dashboard(self, dashboard_url: str, deadline: float) -> None:
+        while True:
+            self._check_nodes_alive()
+            try:
+                with urllib.request.urlopen(f"{dashboard_url}/api/version", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if self._clock() > deadline:
+                raise ClusterStartError(
+                    self.name,
+                    f"the dashboard at {dashboard_url} did not answer within {self._start_timeout_s:.0f} s",
+                    _tail(self._nodes[0].log_path),
+                )
+            self._sleep(POLL_INTERVAL_S)
+
+    def _wait_for_nodes(self, dashboard_url: str, deadline: float) -> None:
+        from ray.util.state import list_nodes
+
+        expected = 1 + self.spec.workers
+        reported = -1
+        while True:
+            self._check_nodes_alive()
+            try:
+                alive = len(list_nodes(address=dashboard_url, filters=[("state", "=", "ALIVE")], timeout=5))
+            except Exception as err:  # noqa: BLE001 - the state API raises several types while starting
+                logger.debug("Node listing of %s failed: %s", self.name, err)
+                alive = 0
+            if alive != reported:
+                self._on_progress(f"{max(alive - 1, 0)} of {self.spec.workers} workers registered")
+                reported = alive
+            if alive >= expected:
+                return
+            if self._clock() > deadline:
+                raise ClusterStartError(
+                    self.name,
+                    f"{max(alive - 1, 0)} of {self.spec.workers} workers registered within "
+                    f"{self._start_timeout_s:.0f} s",
+                    _tail(self._nodes[-1].log_path),
+                )
+            self._sleep(POLL_INTERVAL_S)

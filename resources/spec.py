@@ -1,0 +1,135 @@
+"""A Ray cluster request in high-level terms, validated before anything starts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from resources.errors import InvalidRequestError
+
+# Ray rejects an object store below 75 MiB (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES).
+MIN_OBJECT_STORE_BYTES = 75 * 1024**2
+MAX_WORKERS = 256
+
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]i?)?\s*[Bb]?\s*$")
+_UNITS = {
+    "": 1,
+    "k": 1000,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+}
+
+
+def parse_memory(value: str | int, *, field: str) -> int:
+    """Parse a memory size such as ``512Mi``, ``2Gi``, ``1.5G`` or ``1073741824`` into bytes.
+
+    Units follow Kubernetes quantities: ``Ki``/``Mi``/``Gi``/``Ti`` are powers of 1024,
+    ``K``/``M``/``G``/``T`` powers of 1000, and a bare number is bytes.
+
+    Raises:
+        InvalidRequestError: the value does not parse or is not positive.
+    """
+    if isinstance(value, bool):
+        raise InvalidRequestError(field, f"expected a memory size, got {value!r}", "Use a size such as '2Gi'.")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _QUANTITY.match(str(value))
+        unit = match.group(2) if match else None
+        if match is None or (unit or "") not in _UNITS:
+            raise InvalidRequestError(
+                field,
+                f"{value!r} is not a memory size",
+                "Use a number with a unit such as '512Mi', '2Gi' or '4G'.",
+            )
+        size = int(float(match.group(1)) * _UNITS[unit or ""])
+    if size <= 0:
+        raise InvalidRequestError(field, f"must be positive, got {value!r}", "Use a size such as '2Gi'.")
+    return size
+
+
+def format_memory(size: int) -> str:
+    """Format a byte count with the largest binary unit that divides it, such as ``2Gi``."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """The shape of one Ray cluster: a head plus identical workers.
+
+    Memory values are bytes. ``memory_per_worker`` becomes Ray's logical ``memory``
+    resource of each worker node, which schedules tasks and actors; it is not a
+    hard limit on a local machine.
+    """
+
+    workers: int
+    cpus_per_worker: int
+    memory_per_worker: int
+    gpus_per_worker: int = 0
+    object_store_memory: int = 256 * 1024**2
+    head_cpus: int = 1
+
+    @property
+    def total_memory(self) -> int:
+        """Memory the cluster asks for in bytes: workers plus one object store per node."""
+        return self.workers * (self.memory_per_worker + self.object_store_memory) + self.object_store_memory
+
+    def validate(self, *, available_memory: int | None = None, available_gpus: int | None = None) -> None:
+        """Check every field; ``available_*`` are the host's limits, or ``None`` to skip that check.
+
+        Raises:
+            InvalidRequestError: naming the first invalid field and how to fix it.
+        """
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise InvalidRequestError(
+                "workers", f"must be at least 1, got {self.workers!r}", "Ask for 1 or more workers."
+            )
+        if self.workers > MAX_WORKERS:
+            raise InvalidRequestError(
+                "workers", f"{self.workers} is above the maximum of {MAX_WORKERS}", "Ask for fewer workers."
+            )
+        if not isinstance(self.cpus_per_worker, int) or self.cpus_per_worker < 1:
+            raise InvalidRequestError(
+                "cpus_per_worker",
+                f"must be a whole number of at least 1, got {self.cpus_per_worker!r}",
+                "Ask for 1 or more CPUs per worker.",
+            )
+        if not isinstance(self.head_cpus, int) or self.head_cpus < 0:
+            raise InvalidRequestError(
+                "head_cpus", f"must be 0 or more, got {self.head_cpus!r}", "Use 1 so Ray Data has a CPU on the head."
+            )
+        if not isinstance(self.gpus_per_worker, int) or self.gpus_per_worker < 0:
+            raise InvalidRequestError(
+                "gpus_per_worker", f"must be 0 or more, got {self.gpus_per_worker!r}", "Use 0 for CPU training."
+            )
+        if self.object_store_memory < MIN_OBJECT_STORE_BYTES:
+            raise InvalidRequestError(
+                "object_store_memory",
+                f"{format_memory(self.object_store_memory)} is below Ray's minimum of 75Mi",
+                "Use at least '128Mi'.",
+            )
+        if available_memory is not None and self.total_memory > available_memory:
+            raise InvalidRequestError(
+                "memory_per_worker",
+                f"{self.workers} workers x ({format_memory(self.memory_per_worker)} + "
+                f"{format_memory(self.object_store_memory)} object store) need "
+                f"{self.total_memory / 1024**3:.1f} GiB but this machine has "
+                f"{available_memory / 1024**3:.1f} GiB",
+                "Lower workers, memory_per_worker or object_store_memory.",
+            )
+        if available_gpus is not None and self.workers * self.gpus_per_worker > available_gpus:
+            raise InvalidRequestError(
+                "gpus_per_worker",
+                f"{self.workers} workers x {self.gpus_per_worker} GPUs need "
+                f"{self.workers * self.gpus_per_worker} GPUs but this machine has {available_gpus}",
+                "Set gpus_per_worker to 0, or run on a backend with GPUs.",
+            )

@@ -1,0 +1,90 @@
+"""Validation of the events table: schema, types, rating range and duplicate events."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from resources.errors import PlatformError
+
+EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+MIN_RATING = 1
+MAX_RATING = 5
+
+
+class SourceError(PlatformError, ValueError):
+    """The ratings source is missing, unreadable or invalid."""
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        super().__init__(field, problem, fix)
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}. {self.fix}"
+
+
+def validate_events(events: pd.DataFrame, *, source: str) -> pd.DataFrame:
+    """Check and normalise an events frame; return it with int64 columns, a ``day`` column and no duplicates.
+
+    Exact duplicate events (same user, item, rating and timestamp) are dropped; the
+    returned frame's ``attrs["duplicates_dropped"]`` holds how many.
+
+    Raises:
+        SourceError: a column is missing, has the wrong type or holds values out of range.
+    """
+    missing = [column for column in EVENT_COLUMNS if column not in events.columns]
+    if missing:
+        raise SourceError(
+            "events_uri",
+            f"{source} lacks the column(s) {', '.join(missing)} (it has {', '.join(map(str, events.columns))})",
+            "Add them, or map the source's names with column_renames, such as {'movie_id': 'item_id'}",
+        )
+
+    frame = events[list(EVENT_COLUMNS)].copy()
+    for column in ("user_id", "item_id"):
+        if not pd.api.types.is_integer_dtype(frame[column]):
+            raise SourceError(
+                f"events.{column}",
+                f"expected integer ids in {source}, got {frame[column].dtype}",
+                "Store ids as integers",
+            )
+    if not pd.api.types.is_numeric_dtype(frame["rating"]) or pd.api.types.is_bool_dtype(frame["rating"]):
+        raise SourceError(
+            "events.rating", f"expected numeric ratings in {source}, got {frame['rating'].dtype}", "Store ratings as numbers"
+        )
+    if pd.api.types.is_datetime64_any_dtype(frame["timestamp"]):
+        timestamps = frame["timestamp"]
+        if timestamps.dt.tz is None:
+            timestamps = timestamps.dt.tz_localize("UTC")
+        frame["timestamp"] = (timestamps.dt.tz_convert("UTC") - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    elif not pd.api.types.is_integer_dtype(frame["timestamp"]):
+        raise SourceError(
+            "events.timestamp",
+            f"expected Unix seconds or datetimes in {source}, got {frame['timestamp'].dtype}",
+            "Store timestamps as integer seconds since 1970-01-01 UTC or as a timestamp type",
+        )
+
+    nulls = frame.isna().sum()
+    if nulls.any():
+        column = str(nulls[nulls > 0].index[0])
+        raise SourceError(
+            f"events.{column}", f"{int(nulls[column])} null value(s) in {source}", "Drop or fill the incomplete events"
+        )
+
+    out_of_range = frame[(frame["rating"] < MIN_RATING) | (frame["rating"] > MAX_RATING)]
+    if not out_of_range.empty:
+        example = out_of_range.iloc[0]
+        raise SourceError(
+            "events.rating",
+            f"{len(out_of_range)} rating(s) outside [{MIN_RATING}, {MAX_RATING}] in {source}, "
+            f"such as {example['rating']} for user {example['user_id']} and item {example['item_id']}",
+            f"Ratings must lie between {MIN_RATING} and {MAX_RATING}",
+        )
+
+    frame = frame.astype({"user_id": "int64", "item_id": "int64", "timestamp": "int64", "rating": "float64"})
+    before = len(frame)
+    frame = frame.drop_duplicates(ignore_index=True)
+    frame["day"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True).dt.date
+    frame.attrs["duplicates_dropped"] = before - len(frame)
+    return frame

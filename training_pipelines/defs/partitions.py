@@ -1,0 +1,28 @@
+"""Daily partitions of the ratings data."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import DailyPartitionsDefinition
+
+# MovieLens-100k holds events from 1997-09-20 to 1998-04-22 (UTC). A deployment on a
+# live events table would set no end date, so that a new partition appears every day.
+FIRST_DAY = dt.date(1997, 9, 20)
+LAST_DAY = dt.date(1998, 4, 22)
+
+daily_partitions = DailyPartitionsDefinition(
+    start_date=FIRST_DAY.isoformat(),
+    end_date=(LAST_DAY + dt.timedelta(days=1)).isoformat(),
+    timezone="UTC",
+)
+
+
+def partition_day(partition_key: str) -> dt.date:
+    """Parse a partition key such as ``1998-03-15``."""
+    return dt.date.fromisoformat(partition_key)
+
+
+def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
+    """Every day from ``first`` to ``last``, both included."""
+    return [first + dt.timedelta(days=offset) for offset in range((last - first).days + 1)]

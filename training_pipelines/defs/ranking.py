@@ -1,0 +1,283 @@
+"""Assets of the ranking model: training on Ray, temporal hold-out evaluation and promotion."""
+
+import datetime as dt
+import math
+import shlex
+import sys
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from resources.cluster import RayClusterResource
+from resources.storage import TrainingStorage
+from training_pipelines.data.source import RatingsSource
+from training_pipelines.data.validation import SourceError
+from training_pipelines.defs.partitions import FIRST_DAY, LAST_DAY, daily_partitions, days_between, partition_day
+from training_pipelines.defs.ratings import RATINGS_FOLDER, ratings_daily, ratings_file
+from training_pipelines.defs.settings import RankingSettings
+from training_pipelines.ranking.features import LABEL_COLUMN, build_examples, popularity_scores
+from training_pipelines.ranking.metrics import evaluate
+from training_pipelines.ranking.model import model_from_bytes, predict_proba
+from training_pipelines.training.request import MODEL_FILE, REQUEST_FILE, RESULT_FILE, TrainingRequest
+
+MODEL_FOLDER = "ranking_model"
+EVALUATION_FOLDER = "ranking_model_evaluation"
+CHAMPION_FILE = "production/champion.json"
+AUC_CHECK = "auc_not_below_baseline"
+
+
+def _stored_days(storage: TrainingStorage, days: list[dt.date]) -> list[str]:
+    stored = set(storage.list(RATINGS_FOLDER))
+    missing = [day.isoformat() for day in days if ratings_file(day.isoformat()) not in stored]
+    if missing:
+        shown = missing if len(missing) <= 6 else [*missing[:3], "...", *missing[-3:]]
+        raise SourceError(
+            "ratings_daily",
+            f"{len(missing)} partition(s) are not materialized: {', '.join(shown)}",
+            f"Materialize ratings_daily for {missing[0]}...{missing[-1]} first (one backfill run covers the range)",
+        )
+    return [storage.uri(RATINGS_FOLDER, ratings_file(day.isoformat())) for day in days]
+
+
+def _read_days(storage: TrainingStorage, days: list[dt.date]) -> pd.DataFrame:
+    frames = [storage.read_parquet(RATINGS_FOLDER, ratings_file(day.isoformat())) for day in days]
+    return pd.concat(frames, ignore_index=True)
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    deps=[
+        dg.AssetDep(
+            ratings_daily,
+            partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-27, end_offset=0),
+        )
+    ],
+    group_name="ranking",
+    kinds={"pytorch", "ray"},
+)
+def ranking_model(
+    context: dg.AssetExecutionContext,
+    ray_cluster: RayClusterResource,
+    storage: TrainingStorage,
+    ratings_source: RatingsSource,
+    ranking_settings: RankingSettings,
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """A neural ranking model trained with Ray Train on the trailing window ending at the partition day.
+
+    Item-history features use every stored day up to the partition day, so all
+    ratings_daily partitions from the first day on must be materialized. Warm-starts
+    from the previous day's model when one exists.
+    """
+    ranking_settings.validate_settings()
+    day = partition_day(context.partition_key)
+    window_first = max(FIRST_DAY, day - dt.timedelta(days=ranking_settings.window_days - 1))
+    history_paths = _stored_days(storage, days_between(FIRST_DAY, day))
+
+    previous = (day - dt.timedelta(days=1)).isoformat()
+    warm_start = storage.uri(MODEL_FOLDER, previous, MODEL_FILE) if storage.exists(MODEL_FOLDER, previous, MODEL_FILE) else None
+    spec = ray_cluster.cluster_spec()
+    request = TrainingRequest(
+        partition=day.isoformat(),
+        history_paths=history_paths,
+        window_first_day=window_first.isoformat(),
+        users_uri=ratings_source.resolved_uri("users"),
+        items_uri=ratings_source.resolved_uri("items"),
+        output_dir=storage.uri(MODEL_FOLDER, day.isoformat()),
+        train_dir=storage.uri("ray_train"),
+        workers=spec.workers,
+        cpus_per_worker=spec.cpus_per_worker,
+        use_gpu=ray_cluster.use_gpu,
+        epochs=ranking_settings.epochs,
+        batch_size=ranking_settings.batch_size,
+        learning_rate=ranking_settings.learning_rate,
+        seed=ranking_settings.seed,
+        max_failures=ranking_settings.max_failures,
+        warm_start_model=warm_start,
+        column_renames=dict(ratings_source.column_renames),
+    )
+    request_uri = storage.write_bytes(request.to_json().encode(), MODEL_FOLDER, day.isoformat(), REQUEST_FILE)
+    context.log.info(
+        f"Training on {window_first}..{day} with {spec.workers} workers"
+        + (f", warm-starting from {previous}" if warm_start else ", from scratch")
+    )
+
+    startup_s = ray_cluster.ensure_started(on_progress=context.log.info)
+    outcome = ray_cluster.submit_job(
+        entrypoint=f"{shlex.quote(sys.executable)} -m training_pipelines.training.ray_job {shlex.quote(request_uri)}",
+        job_name=f"train-{day.isoformat()}",
+        on_log_line=context.log.info,
+    )
+    result = storage.read_json(MODEL_FOLDER, day.isoformat(), RESULT_FILE)
+
+    losses = [float(loss) for loss in result["epoch_losses"]]
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "rows": dg.MetadataValue.int(int(result["rows"])),
+        "final_loss": dg.MetadataValue.float(losses[-1]),
+        "epoch_losses": dg.MetadataValue.json({"loss": losses}),
+        "samples_per_s": dg.MetadataValue.float(float(result["samples_per_s"])),
+        "cluster_startup_s": dg.MetadataValue.float(startup_s),
+        "queueing_s": dg.MetadataValue.float(outcome.queued_s),
+        "training_s": dg.MetadataValue.float(float(result["training_s"])),
+        "job_s": dg.MetadataValue.float(outcome.running_s),
+        "workers": dg.MetadataValue.int(int(result["workers"])),
+        "warm_started": dg.MetadataValue.bool(bool(result["warm_started"])),
+        "checkpoint_uri": dg.MetadataValue.path(str(result["checkpoint_uri"])),
+        "model_uri": dg.MetadataValue.path(str(result["model_uri"])),
+        "ray_job_id": dg.MetadataValue.text(outcome.job_id),
+    }
+    for epoch, loss in enumerate(losses, start=1):
+        metadata[f"loss_epoch_{epoch}"] = dg.MetadataValue.float(loss)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _score_model(storage: TrainingStorage, model_uri_parts: tuple[str, ...], examples: pd.DataFrame) -> np.ndarray:
+    model, _ = model_from_bytes(storage.read_bytes(*model_uri_parts))
+    model.eval()
+    return predict_proba(model, examples)
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    deps=[
+        ranking_model,
+        dg.AssetDep(ratings_daily, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=1, end_offset=1)),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            AUC_CHECK,
+            asset="ranking_model_evaluation",
+            blocking=True,
+            description="The model's next-day AUC is not more than the margin below the popularity baseline's.",
+        )
+    ],
+    group_name="ranking",
+)
+def ranking_model_evaluation(
+    context: dg.AssetExecutionContext,
+    storage: TrainingStorage,
+    ratings_source: RatingsSource,
+    ranking_settings: RankingSettings,
+):  # type: ignore[no-untyped-def]
+    """Next-day (temporal hold-out) metrics of the model, the popularity baseline and the current champion."""
+    day = partition_day(context.partition_key)
+    next_day = day + dt.timedelta(days=1)
+    if next_day > LAST_DAY:
+        raise SourceError(
+            "partition",
+            f"{day} is the last day of the data, so there is no next day to evaluate on",
+            f"Evaluate partitions up to {LAST_DAY - dt.timedelta(days=1)}",
+        )
+    _stored_days(storage, days_between(FIRST_DAY, next_day))
+    history = _read_days(storage, days_between(FIRST_DAY, day))
+    holdout_history = _read_days(storage, days_between(FIRST_DAY, next_day))
+    examples = build_examples(
+        holdout_history, ratings_source.read_users(), ratings_source.read_items(), days=[next_day]
+    )
+
+    labels = examples[LABEL_COLUMN].to_numpy()
+    users = examples["user_id"].to_numpy()
+    model_scores = _score_model(storage, (MODEL_FOLDER, day.isoformat(), MODEL_FILE), examples) if len(examples) else np.array([])
+    baseline_scores = popularity_scores(history, examples["item_id"].to_numpy())
+    model_metrics = evaluate(labels, model_scores, users)
+    baseline_metrics = evaluate(labels, baseline_scores, users)
+
+    champion_metrics = None
+    champion = storage.read_json(CHAMPION_FILE) if storage.exists(CHAMPION_FILE) else None
+    if champion is not None and len(examples):
+        champion_scores = _score_model(storage, tuple(champion["model_path"]), examples)
+        champion_metrics = evaluate(labels, champion_scores, users)
+
+    report = {
+        "partition": day.isoformat(),
+        "holdout_day": next_day.isoformat(),
+        "model": {key: _json_number(value) for key, value in model_metrics.items()},
+        "baseline": {key: _json_number(value) for key, value in baseline_metrics.items()},
+        "champion": None
+        if champion_metrics is None
+        else {
+            "partition": champion["partition"],
+            **{key: _json_number(value) for key, value in champion_metrics.items()},
+        },
+    }
+    storage.write_json(report, EVALUATION_FOLDER, f"{day.isoformat()}.json")
+
+    metadata: dict[str, dg.RawMetadataValue] = {"holdout_rows": dg.MetadataValue.int(len(examples))}
+    for prefix, values in (("model", model_metrics), ("baseline", baseline_metrics), ("champion", champion_metrics or {})):
+        for key in ("auc", "log_loss", "ndcg_at_10", "hit_rate_at_10"):
+            if key in values and not math.isnan(values[key]):
+                metadata[f"{prefix}_{key}"] = dg.MetadataValue.float(float(values[key]))
+    context.log.info(
+        f"Next-day AUC on {next_day}: model {model_metrics['auc']:.4f}, baseline {baseline_metrics['auc']:.4f}"
+        + (f", champion {champion_metrics['auc']:.4f}" if champion_metrics else "")
+    )
+    yield dg.MaterializeResult(metadata=metadata)
+
+    gap = baseline_metrics["auc"] - model_metrics["auc"]
+    passed = not math.isnan(gap) and gap <= ranking_settings.auc_margin
+    if math.isnan(gap):
+        description = f"No AUC on {next_day}: the hold-out has {len(examples)} event(s) and needs both labels"
+    else:
+        description = (
+            f"Model AUC {model_metrics['auc']:.4f} vs baseline {baseline_metrics['auc']:.4f} "
+            f"(allowed gap {ranking_settings.auc_margin})"
+        )
+    yield dg.AssetCheckResult(
+        check_name=AUC_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"auc_gap": dg.MetadataValue.float(float(gap) if not math.isnan(gap) else 0.0)},
+    )
+
+
+@dg.asset(partitions_def=daily_partitions, deps=[ranking_model_evaluation], group_name="ranking")
+def production_model(context: dg.AssetExecutionContext, storage: TrainingStorage) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """The champion model that serving reads; replaced only by a model that passed its checks and is not worse.
+
+    Runs only after the blocking AUC check passed. The pointer is one small JSON file
+    written atomically, so readers see either the old champion or the new one.
+    """
+    day = context.partition_key
+    report = storage.read_json(EVALUATION_FOLDER, f"{day}.json")
+    candidate_auc = report["model"]["auc"]
+    champion = report["champion"]
+
+    if champion is not None and champion["partition"] != day and champion["auc"] is not None:
+        if candidate_auc is None or candidate_auc < champion["auc"]:
+            context.log.warning(
+                f"Kept the champion from {champion['partition']}: its AUC on {report['holdout_day']} is "
+                f"{champion['auc']:.4f}, the candidate's {candidate_auc}"
+            )
+            current = storage.read_json(CHAMPION_FILE)
+            return dg.MaterializeResult(
+                metadata={
+                    "promoted": dg.MetadataValue.bool(False),
+                    "champion_partition": dg.MetadataValue.text(str(current["partition"])),
+                    "candidate_auc": dg.MetadataValue.float(float(candidate_auc or 0.0)),
+                    "champion_auc": dg.MetadataValue.float(float(champion["auc"])),
+                }
+            )
+
+    pointer = {
+        "partition": day,
+        "model_path": [MODEL_FOLDER, day, MODEL_FILE],
+        "model_uri": storage.uri(MODEL_FOLDER, day, MODEL_FILE),
+        "auc": candidate_auc,
+        "holdout_day": report["holdout_day"],
+        "run_id": context.run_id,
+    }
+    storage.write_json(pointer, CHAMPION_FILE)
+    context.log.info(f"Promoted the model of {day} (next-day AUC {candidate_auc:.4f}) to production")
+    return dg.MaterializeResult(
+        metadata={
+            "promoted": dg.MetadataValue.bool(True),
+            "champion_partition": dg.MetadataValue.text(day),
+            "candidate_auc": dg.MetadataValue.float(float(candidate_auc)),
+            "model_uri": dg.MetadataValue.path(pointer["model_uri"]),
+        }
+    )

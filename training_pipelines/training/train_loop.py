@@ -1,0 +1,121 @@
+"""The per-worker training loop that Ray Train's ``TorchTrainer`` runs on each worker."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from training_pipelines.ranking.features import FEATURE_COLUMNS, LABEL_COLUMN
+from training_pipelines.ranking.model import ModelConfig, RankingModel, batch_to_tensors, model_from_bytes
+from training_pipelines.ranking.train_plain import make_optimizer, train_step
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def _load_initial_state(model: RankingModel, warm_start_path: str | None) -> None:
+    if not warm_start_path:
+        return
+    import fsspec
+
+    with fsspec.open(warm_start_path, "rb") as handle:
+        previous, _ = model_from_bytes(handle.read())
+    model.load_state_dict(previous.state_dict())
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return [float(value) for value in tensor.cpu()]
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train the ranking model on this worker's shard of the ``train`` dataset.
+
+    Resumes from Ray Train's latest checkpoint when a worker group restarts, and
+    otherwise warm-starts from ``config["warm_start_model"]`` when it is set. Reports
+    the mean loss over all workers and the samples per second after each epoch.
+    """
+    torch.set_num_threads(int(config["cpus_per_worker"]))
+    torch.manual_seed(int(config["seed"]))
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+
+    model = RankingModel(ModelConfig.from_dict(config["model_config"]))
+    optimizer = make_optimizer(model, learning_rate=float(config["learning_rate"]))
+    start_epoch = 0
+    epoch_losses: list[float] = []
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        epoch_losses = [float(loss) for loss in state["epoch_losses"]]
+        if rank == 0:
+            print(f"Resuming from the checkpoint of epoch {start_epoch}", flush=True)
+    else:
+        _load_initial_state(model, config.get("warm_start_model"))
+
+    model = ray.train.torch.prepare_model(model)
+    shard = ray.train.get_dataset_shard("train")
+    columns = [*FEATURE_COLUMNS, LABEL_COLUMN]
+    epochs = int(config["epochs"])
+
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        started = time.perf_counter()
+        loss_sum = 0.0
+        samples = 0
+        for batch in shard.iter_batches(
+            batch_size=int(config["batch_size"]),
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * int(config["batch_size"]),
+            local_shuffle_seed=int(config["seed"]) + epoch,
+        ):
+            tensors = batch_to_tensors({name: batch[name] for name in columns}, device=device)
+            rows = len(tensors[LABEL_COLUMN])
+            loss_sum += train_step(model, optimizer, tensors) * rows
+            samples += rows
+        elapsed = time.perf_counter() - started
+
+        total_loss, total_samples, slowest = _all_reduce_sum([loss_sum, float(samples), elapsed], device)
+        mean_loss = total_loss / total_samples if total_samples else float("nan")
+        samples_per_s = total_samples / max(slowest / context.get_world_size(), 1e-9)
+        epoch_losses.append(mean_loss)
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": mean_loss,
+            "epoch_losses": list(epoch_losses),
+            "samples": int(total_samples),
+            "samples_per_s": samples_per_s,
+        }
+
+        with tempfile.TemporaryDirectory() as folder:
+            saved = None
+            if rank == 0:
+                unwrapped = model.module if hasattr(model, "module") else model
+                state = {
+                    "model": unwrapped.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "epoch_losses": epoch_losses,
+                }
+                torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+                saved = ray.train.Checkpoint.from_directory(folder)
+                print(
+                    f"Epoch {epoch + 1}/{epochs}: loss {mean_loss:.4f}, "
+                    f"{int(total_samples)} samples, {samples_per_s:.0f} samples/s",
+                    flush=True,
+                )
+            ray.train.report(metrics, checkpoint=saved)
