@@ -5,8 +5,8 @@ UTC) and may also carry a ``day`` column. Days are always derived from
 ``timestamp``, so a ``day`` column is ignored.
 
 Every shape the model depends on (hash bucket counts, category vocabularies, the
-number of genre and dense columns) is a constant of this module, never a property
-of the data, so a model trained on one window can warm-start on the next.
+number of genre and dense columns) is a constant of this module. No shape depends
+on the data, so a model trained on one window can warm-start on the next.
 """
 
 import datetime
@@ -97,8 +97,9 @@ USER_WEIGHT_POWER = 0.5
 """Training rows of a user weigh ``rows_of_user ** -USER_WEIGHT_POWER`` (before scaling to mean 1).
 
 A few heavy raters write most of a day's ratings. Without down-weighting, the
-user-feature x genre crosses learn those few people's tastes and transfer them
-to the next day's (mostly new) users of the same age, gender and occupation.
+user-feature x genre crosses mostly learn those few people's tastes. They then
+pass them on to the next day's (mostly new) users of the same age, gender and
+occupation.
 """
 
 RECENT_DAYS = 7
@@ -369,13 +370,14 @@ def build_examples(
     """Build one example row per event of ``history`` whose UTC day is in ``days``.
 
     History features of a row on day d use only events of ``history`` on days
-    strictly before d, so a row never sees its own label. To score day D + 1, pass
+    strictly before d, so a row never uses its own label. To score day D + 1, pass
     a history that contains D + 1's events and ``days=[D + 1]``: the features then
     use every event up to and including D.
 
     Returns the columns ``EXAMPLE_COLUMNS``: int64 ids and buckets, float32
-    features and a float32 ``label`` (1.0 when rating >= 4). Rows keep the order
-    of ``history``. A day without events contributes no rows, and no matching
+    features, a float32 ``label`` (1.0 when rating >= 4) and a float32 training
+    ``weight`` that depends on how many of the returned rows belong to the same
+    user (see ``USER_WEIGHT_POWER``). Rows keep the order of ``history``. A day without events contributes no rows, and no matching
     events give an empty frame with the same columns and dtypes.
     """
     if alpha <= 0:
@@ -386,8 +388,8 @@ def build_examples(
     all_items = history["item_id"].to_numpy(dtype=np.int64)
     all_ratings = history["rating"].to_numpy(dtype=np.float64)
 
-    wanted_days = np.array([date_to_day_number(day) for day in days], dtype=np.int64)
-    selected = np.isin(all_days, wanted_days)
+    requested_days = np.array([date_to_day_number(day) for day in days], dtype=np.int64)
+    selected = np.isin(all_days, requested_days)
     if not selected.any():
         return _empty_examples()
 
@@ -399,18 +401,15 @@ def build_examples(
     all_global_rate = _global_positive_rate(global_before[:, 1], global_before[:, 0])
 
     item_sums = _CumulativeSums(all_items, all_days, event_values)
+    item_before = item_sums.before(all_items, all_days)
     all_item_features = _history_features(
-        "item",
-        item_sums.before(all_items, all_days),
-        item_sums.before(all_items, all_days - RECENT_DAYS),
-        all_global_rate,
-        alpha,
+        "item", item_before, item_sums.before(all_items, all_days - RECENT_DAYS), all_global_rate, alpha
     )
-    all_item_counts = item_sums.before(all_items, all_days)[:, 0]
+    all_item_counts = item_before[:, 0]
 
     # Residual of each event against the popularity baseline of its own day. A
-    # user's mean residual says how much more (or less) they like items than
-    # other users do, independent of which items they chose.
+    # user's mean residual measures how much more (or less) they like items than
+    # other users did, after allowing for how well liked the chosen items are.
     residuals = (all_ratings >= POSITIVE_RATING) - all_item_features["item_positive_rate"]
     user_sums = _CumulativeSums(all_users, all_days, np.column_stack([event_values, residuals]))
 

@@ -2,9 +2,10 @@
 
 The logit is the popularity baseline's logit (an input column) plus learned
 corrections: a bias, wide user-feature x genre crosses, a factorised user x item
-interaction and a small MLP. Every correction starts at zero, so an untrained
-model scores exactly like the baseline and training only has to learn what the
-item's history does not already say.
+interaction and a small MLP. The output layers of the corrections start at zero
+and the embeddings near zero, so an untrained model scores almost exactly like
+the baseline and training only has to learn what the item's history does not
+already say. Rows with unknown ids all use bucket 0, a shared learned vector.
 """
 
 import dataclasses
@@ -36,6 +37,7 @@ class ModelConfig:
     hidden_dims: tuple[int, ...] = (64, 32)
     dropout: float = 0.1
     center_crosses: bool = True
+    """Subtract each cross row's mean over genres, so the crosses re-rank genres but do not shift a user's level."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON-compatible values."""
@@ -100,7 +102,6 @@ class RankingModel(nn.Module):
             self.occupation_embedding,
         ):
             nn.init.normal_(embedding.weight, std=0.01)
-        # Bucket 0 is the unknown id, so its vector stays near zero and carries no id signal.
         for cross in (self.age_genre_cross, self.gender_genre_cross, self.occupation_genre_cross):
             nn.init.zeros_(cross.weight)
         nn.init.zeros_(self.dense_linear.weight)
@@ -144,6 +145,9 @@ class RankingModel(nn.Module):
         return batch["prior_logit"] + wide + interaction + deep
 
 
+_NUMPY_DTYPES = {torch.int64: np.int64, torch.float32: np.float32}
+
+
 def batch_to_tensors(
     batch: Mapping[str, np.ndarray | torch.Tensor], *, device: torch.device | str = "cpu"
 ) -> dict[str, torch.Tensor]:
@@ -160,9 +164,12 @@ def batch_to_tensors(
         raise KeyError(f"batch is missing model input columns {missing}; build it with features.build_examples")
 
     def column(name: str, dtype: torch.dtype) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(batch[name]) if not isinstance(batch[name], torch.Tensor) else batch[name]).to(
-            device=device, dtype=dtype
-        )
+        values = batch[name]
+        if isinstance(values, torch.Tensor):
+            return values.to(device=device, dtype=dtype)
+        # Copying to the target dtype also gives a writable array, which
+        # torch.as_tensor needs for arrays backed by read-only Arrow buffers.
+        return torch.from_numpy(np.array(values, dtype=_NUMPY_DTYPES[dtype])).to(device=device)
 
     tensors = {name: column(name, torch.int64) for name in features.CATEGORICAL_COLUMNS}
     tensors["genres"] = torch.stack([column(name, torch.float32) for name in features.GENRE_FEATURE_COLUMNS], dim=1)

@@ -23,7 +23,7 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from training_pipelines.ranking.features import FEATURE_COLUMNS, LABEL_COLUMN, build_examples
+from training_pipelines.ranking.features import FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN, build_examples
 from training_pipelines.ranking.model import ModelConfig, RankingModel, model_to_bytes
 from training_pipelines.training.request import EXAMPLES_FILE, MODEL_FILE, RESULT_FILE, TrainingRequest
 from training_pipelines.training.train_loop import CHECKPOINT_FILE, train_loop_per_worker
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No training events in {request.window_first_day}..{request.partition}", file=sys.stderr)
         return 2
     examples_uri = posixpath.join(request.output_dir, EXAMPLES_FILE)
-    _write_bytes(examples_uri, _parquet_bytes(examples[[*FEATURE_COLUMNS, LABEL_COLUMN]]))
+    _write_bytes(examples_uri, _parquet_bytes(examples[[*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]]))
     prepare_s = time.perf_counter() - started
     print(f"Built {len(examples)} training examples in {prepare_s:.1f} s", flush=True)
 

@@ -12,7 +12,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from training_pipelines.ranking.features import FEATURE_COLUMNS, LABEL_COLUMN
+from training_pipelines.ranking.features import FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN
 from training_pipelines.ranking.model import ModelConfig, RankingModel, batch_to_tensors, model_from_bytes
 from training_pipelines.ranking.train_plain import make_optimizer, train_step
 
@@ -69,7 +69,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model = ray.train.torch.prepare_model(model)
     shard = ray.train.get_dataset_shard("train")
-    columns = [*FEATURE_COLUMNS, LABEL_COLUMN]
+    columns = [*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]
     epochs = int(config["epochs"])
 
     for epoch in range(start_epoch, epochs):

@@ -1,0 +1,62 @@
+"""One partition end to end through Dagster, on a real local Ray cluster with real training."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tests.integration.conftest import materialize_history, small_resources
+from training_pipelines.definitions import defs
+
+pytestmark = pytest.mark.integration
+
+PARTITION = "1997-10-20"
+
+
+def test_partition_trains_end_to_end(storage_root: Path, no_leaked_ray_processes: None) -> None:
+    resources = small_resources(storage_root)
+    materialize_history(resources, first="1997-09-20", last="1997-10-21")
+    job = defs.resolve_job_def("daily_retrain_job")
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = job.execute_in_process(
+        partition_key=PARTITION, instance=instance, resources=resources, raise_on_error=False
+    )
+
+    assert result.success
+    model = result.asset_materializations_for_node("ranking_model")[0].metadata
+    assert model["rows"].value > 1000
+    assert model["workers"].value == 2
+    assert model["cluster_startup_s"].value > 0
+    assert model["samples_per_s"].value > 0
+    assert len(model["epoch_losses"].value["loss"]) == 2
+    assert Path(model["model_uri"].value).is_file()
+    assert Path(model["checkpoint_uri"].value).is_dir()
+
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("Epoch 2/2" in message for message in logs), "training progress did not reach the Dagster log"
+
+    evaluation = result.asset_materializations_for_node("ranking_model_evaluation")[0].metadata
+    assert 0.0 < evaluation["model_auc"].value < 1.0
+    assert 0.0 < evaluation["baseline_auc"].value < 1.0
+    checks = result.get_asset_check_evaluations()
+    assert [check.check_name for check in checks] == ["auc_not_below_baseline"]
+
+    champion = json.loads((storage_root / "production" / "champion.json").read_text())
+    if checks[0].passed:
+        assert champion["partition"] == PARTITION
+    assert not list(storage_root.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_next_day_warm_starts(storage_root: Path, no_leaked_ray_processes: None) -> None:
+    resources = small_resources(storage_root, workers=1)
+    materialize_history(resources, first="1997-09-20", last="1997-10-22")
+    job = defs.resolve_job_def("daily_retrain_job")
+    instance = dg.DagsterInstance.ephemeral()
+
+    first = job.execute_in_process(partition_key="1997-10-20", instance=instance, resources=resources)
+    second = job.execute_in_process(partition_key="1997-10-21", instance=instance, resources=resources)
+
+    assert first.asset_materializations_for_node("ranking_model")[0].metadata["warm_started"].value is False
+    assert second.asset_materializations_for_node("ranking_model")[0].metadata["warm_started"].value is True
