@@ -90,9 +90,7 @@ def run(client: FakeJobClient, clock: FakeClock, lines: list[str], **overrides: 
 
 def test_success_returns_clock_timings() -> None:
     clock = FakeClock()
-    client = FakeJobClient(
-        clock, statuses=[(0, JobStatus.PENDING), (3, JobStatus.RUNNING), (10, JobStatus.SUCCEEDED)]
-    )
+    client = FakeJobClient(clock, statuses=[(0, JobStatus.PENDING), (3, JobStatus.RUNNING), (10, JobStatus.SUCCEEDED)])
 
     outcome = run(client, clock, [])
 

@@ -121,7 +121,7 @@ def test_kill_stops_group_leader(processes: ProcessTracker) -> None:
 
     kill_process_groups([leader.pid], grace_period_s=0.5)
 
-    # kill_process_groups reaps its own children through psutil, so Popen sees no exit status.
+    # kill_process_groups reaps its own children through psutil, so Popen gets no exit status.
     assert wait_until(lambda: leader.poll() is not None)
 
 
@@ -155,7 +155,9 @@ def test_kill_stops_several_groups(processes: ProcessTracker) -> None:
 
 
 def test_kill_escalates_to_sigkill(processes: ProcessTracker) -> None:
-    ignores_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    ignores_term = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    )
     leader = processes.start([sys.executable, "-c", ignores_term], stdout=subprocess.PIPE, start_new_session=True)
     assert leader.stdout is not None
     leader.stdout.readline()

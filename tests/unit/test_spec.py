@@ -73,7 +73,15 @@ def test_parse_memory_rejects_bool() -> None:
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [(2 * GIB, "2Gi"), (512 * MIB, "512Mi"), (3 * 1024**4, "3Ti"), (3072, "3Ki"), (1536, "1536"), (1000, "1000"), (1536 * MIB, "1536Mi")],
+    [
+        (2 * GIB, "2Gi"),
+        (512 * MIB, "512Mi"),
+        (3 * 1024**4, "3Ti"),
+        (3072, "3Ki"),
+        (1536, "1536"),
+        (1000, "1000"),
+        (1536 * MIB, "1536Mi"),
+    ],
 )
 def test_format_memory_uses_largest_unit(size: int, expected: str) -> None:
     assert format_memory(size) == expected

@@ -93,7 +93,7 @@ def test_parquet_file_metadata_round_trip(storage: TrainingStorage) -> None:
     assert "pandas" in metadata
 
 
-def test_parquet_without_metadata_has_no_custom_keys(storage: TrainingStorage) -> None:
+def test_parquet_without_file_metadata(storage: TrainingStorage) -> None:
     storage.write_parquet(make_frame(), "day.parquet")
 
     metadata = storage.read_parquet_file_metadata("day.parquet")
@@ -126,9 +126,7 @@ def test_read_missing_file_raises(storage: TrainingStorage) -> None:
         storage.read_bytes("missing.bin")
 
 
-def test_failed_move_leaves_no_file(
-    storage: TrainingStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_move_leaves_no_file(storage: TrainingStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LocalFileSystem, "mv", fail_move)
 
     with pytest.raises(StorageError) as caught:

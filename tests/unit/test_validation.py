@@ -91,7 +91,9 @@ def test_non_integer_ids_are_rejected(column: str, values: list[object]) -> None
     assert "expected integer ids" in str(caught.value)
 
 
-@pytest.mark.parametrize("values", [["1", "3", "5"], ["good", "bad", "ok"], [True, False, True]], ids=["digits", "words", "bool"])
+@pytest.mark.parametrize(
+    "values", [["1", "3", "5"], ["good", "bad", "ok"], [True, False, True]], ids=["digits", "words", "bool"]
+)
 def test_non_numeric_ratings_are_rejected(values: list[object]) -> None:
     with pytest.raises(SourceError) as caught:
         validate_events(make_events(rating=values), source=SOURCE)
@@ -161,7 +163,9 @@ def test_float_timestamps_are_rejected() -> None:
 
 
 def test_naive_datetimes_read_as_utc() -> None:
-    events = make_events(timestamp=pd.to_datetime(["1997-10-01 00:00:00", "1997-10-01 01:00:00", "1997-10-02 00:00:01"]))
+    events = make_events(
+        timestamp=pd.to_datetime(["1997-10-01 00:00:00", "1997-10-01 01:00:00", "1997-10-02 00:00:01"])
+    )
 
     validated = validate_events(events, source=SOURCE)
 
@@ -171,7 +175,9 @@ def test_naive_datetimes_read_as_utc() -> None:
 
 def test_aware_datetimes_convert_to_utc() -> None:
     # 1997-10-01 01:00 in UTC+02:00 is 1997-09-30 23:00 UTC, so the UTC day differs from the local one.
-    local = pd.to_datetime(["1997-10-01 01:00:00", "1997-10-01 03:00:00", "1997-10-02 02:00:00"]).tz_localize("Etc/GMT-2")
+    local = pd.to_datetime(["1997-10-01 01:00:00", "1997-10-01 03:00:00", "1997-10-02 02:00:00"]).tz_localize(
+        "Etc/GMT-2"
+    )
     validated = validate_events(make_events(timestamp=local), source=SOURCE)
 
     assert validated["timestamp"].tolist() == [OCT_1_1997 - 3600, OCT_1_1997 + 3600, OCT_1_1997 + 86400]
@@ -179,7 +185,9 @@ def test_aware_datetimes_convert_to_utc() -> None:
 
 
 def test_millisecond_datetimes_convert_to_seconds() -> None:
-    stamps = pd.Series(pd.to_datetime(["1997-10-01 00:00:01.900", "1997-10-01 00:00:00.000", "1997-10-02 00:00:00.000"])).astype("datetime64[ms]")
+    stamps = pd.Series(
+        pd.to_datetime(["1997-10-01 00:00:01.900", "1997-10-01 00:00:00.000", "1997-10-02 00:00:00.000"])
+    ).astype("datetime64[ms]")
 
     validated = validate_events(make_events(timestamp=stamps), source=SOURCE)
 
@@ -231,3 +239,13 @@ def test_empty_frame_is_valid() -> None:
     assert validated.empty
     assert "day" in validated.columns
     assert validated.attrs["duplicates_dropped"] == 0
+
+
+def test_null_id_from_parquet_is_rejected() -> None:
+    # Parquet integer columns with nulls reach pandas as float64, so the type check fires before the null check.
+    events = make_events(user_id=[1.0, np.nan, 3.0])
+
+    with pytest.raises(SourceError) as caught:
+        validate_events(events, source=SOURCE)
+
+    assert caught.value.field == "events.user_id"
