@@ -33,6 +33,15 @@ print(child.pid, flush=True)
 time.sleep(60)
 """
 
+# Starts a child in its own process group that ignores SIGTERM and prints its pid, then exits at once.
+LEADER_LEAVING_STUBBORN_CHILD = """
+import subprocess, sys
+child_script = (
+    "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(os.getpid(), flush=True); time.sleep(60)"
+)
+subprocess.Popen([sys.executable, "-c", child_script])
+"""
+
 
 def is_running(pid: int) -> bool:
     """Return whether ``pid`` exists and is not a zombie that only waits to be reaped."""
@@ -166,6 +175,21 @@ def test_kill_escalates_to_sigkill(processes: ProcessTracker) -> None:
 
     # The leader ignores SIGTERM, so only the SIGKILL after the grace period can end it.
     assert wait_until(lambda: leader.poll() is not None)
+
+
+@pytest.mark.xfail(
+    reason="kill_process_groups only tracks a group through its leader's pid, "
+    "so members of a group whose leader exited get SIGTERM but never SIGKILL",
+    strict=True,
+)
+def test_kill_escalates_without_leader(processes: ProcessTracker) -> None:
+    leader, child_pid = processes.start_leader(LEADER_LEAVING_STUBBORN_CHILD)
+    leader.wait(timeout=DEADLINE_S)
+    assert os.getpgid(child_pid) == leader.pid
+
+    kill_process_groups([leader.pid], grace_period_s=0.2)
+
+    assert wait_until(lambda: not is_running(child_pid), timeout_s=2.0)
 
 
 def test_kill_ignores_missing_group(processes: ProcessTracker) -> None:
