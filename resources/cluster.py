@@ -51,9 +51,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
     memory_per_worker: str = Field(default="2Gi", description="Memory of each worker node, such as '2Gi'.")
     gpus_per_worker: int = Field(default=0, description="GPUs of each worker; above 0 trains with NCCL.")
     object_store_memory: str = Field(default="256Mi", description="Ray object store size of each node.")
-    head_cpus: int = Field(
-        default=1, description="CPUs of the head node, used by the job driver and Ray Data reads."
-    )
+    head_cpus: int = Field(default=1, description="CPUs of the head node, used by the job driver and Ray Data reads.")
     local_node_ip: str = Field(
         default=DEFAULT_NODE_IP, description="Loopback address the local backend binds Ray nodes to."
     )

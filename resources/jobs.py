@@ -67,15 +67,16 @@ def run_job(
             # Limitation: the Jobs API returns the whole log on each call, which is fine for
             # training logs of a few MB; tail_job_logs would need an event loop in this thread.
             logs = client.get_job_logs(job_id)
-            for line in logs[log_offset:].splitlines():
+            # A line still being written is passed on once its newline arrives, or at the end.
+            complete_up_to = len(logs) if status.is_terminal() else logs.rfind("\n", log_offset) + 1
+            for line in logs[log_offset:complete_up_to].splitlines():
                 tail.append(line)
                 on_log_line(line)
-            log_offset = len(logs)
+            log_offset = max(log_offset, complete_up_to)
 
             if status.is_terminal():
                 break
             if clock() > deadline:
-                client.stop_job(job_id)
                 raise RayJobError(job_id, "TIMED_OUT", f"still running after {timeout_s:.0f} s", "\n".join(tail))
             sleep(JOB_POLL_INTERVAL_S)
     except BaseException:

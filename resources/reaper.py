@@ -42,9 +42,10 @@ def kill_process_groups(pgids: list[int], *, grace_period_s: float = GRACE_PERIO
 
     _signal_all(pgids, processes.values(), signal.SIGTERM)
     _, alive = psutil.wait_procs(list(processes.values()), timeout=grace_period_s)
-    if alive:
-        _signal_all(pgids, alive, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=grace_period_s)
+    # A group whose leader already exited is not among the tracked processes, so every
+    # group gets SIGKILL whether or not a tracked process survived.
+    _signal_all(pgids, alive, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=grace_period_s)
 
 
 def _signal_all(pgids: list[int], processes: Iterable[psutil.Process], signum: signal.Signals) -> None:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     pgids: list[int] = []
     for line in sys.stdin:
         command, _, value = line.strip().partition(" ")
-        if command == "watch":
+        if command == "watch" and value.isdigit():
             pgids.append(int(value))
         elif command == "release":
             return 0

@@ -62,6 +62,11 @@ def format_memory(size: int) -> str:
     return str(size)
 
 
+def _is_count(value: object) -> bool:
+    # bool is a subclass of int, but `workers: true` in a config is a mistake, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """The shape of one Ray cluster: a head plus identical workers.
@@ -89,7 +94,7 @@ class ClusterSpec:
         Raises:
             InvalidRequestError: naming the first invalid field and how to fix it.
         """
-        if not isinstance(self.workers, int) or self.workers < 1:
+        if not _is_count(self.workers) or self.workers < 1:
             raise InvalidRequestError(
                 "workers", f"must be at least 1, got {self.workers!r}", "Ask for 1 or more workers."
             )
@@ -97,19 +102,25 @@ class ClusterSpec:
             raise InvalidRequestError(
                 "workers", f"{self.workers} is above the maximum of {MAX_WORKERS}", "Ask for fewer workers."
             )
-        if not isinstance(self.cpus_per_worker, int) or self.cpus_per_worker < 1:
+        if not _is_count(self.cpus_per_worker) or self.cpus_per_worker < 1:
             raise InvalidRequestError(
                 "cpus_per_worker",
                 f"must be a whole number of at least 1, got {self.cpus_per_worker!r}",
                 "Ask for 1 or more CPUs per worker.",
             )
-        if not isinstance(self.head_cpus, int) or self.head_cpus < 0:
+        if not _is_count(self.head_cpus) or self.head_cpus < 0:
             raise InvalidRequestError(
                 "head_cpus", f"must be 0 or more, got {self.head_cpus!r}", "Use 1 so Ray Data has a CPU on the head."
             )
-        if not isinstance(self.gpus_per_worker, int) or self.gpus_per_worker < 0:
+        if not _is_count(self.gpus_per_worker) or self.gpus_per_worker < 0:
             raise InvalidRequestError(
                 "gpus_per_worker", f"must be 0 or more, got {self.gpus_per_worker!r}", "Use 0 for CPU training."
+            )
+        if self.memory_per_worker <= 0:
+            raise InvalidRequestError(
+                "memory_per_worker",
+                f"must be positive, got {self.memory_per_worker} bytes",
+                "Use a size such as '2Gi'.",
             )
         if self.object_store_memory < MIN_OBJECT_STORE_BYTES:
             raise InvalidRequestError(

@@ -63,7 +63,9 @@ class TrainingStorage(ConfigurableResource):  # type: ignore[type-arg]
         try:
             if isinstance(fs, LocalFileSystem):
                 fs.makedirs(posixpath.dirname(path), exist_ok=True)
-                temporary = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+                temporary = posixpath.join(
+                    posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp"
+                )
                 try:
                     with fs.open(temporary, "wb") as handle:
                         handle.write(data)
@@ -75,7 +77,9 @@ class TrainingStorage(ConfigurableResource):  # type: ignore[type-arg]
                 with fs.open(path, "wb") as handle:
                     handle.write(data)
         except OSError as err:
-            raise StorageError(f"Writing {self.uri(*parts)} failed: {err}. Check that the storage root is writable.") from err
+            raise StorageError(
+                f"Writing {self.uri(*parts)} failed: {err}. Check that the storage root is writable."
+            ) from err
         return self.uri(*parts)
 
     def read_bytes(self, *parts: str) -> bytes:

@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     day = dt.date.fromisoformat(args.partition)
     if not FIRST_DAY <= day < LAST_DAY:
-        parser.error(f"--partition {day} is outside {FIRST_DAY}..{LAST_DAY - dt.timedelta(days=1)}, the days that have a next day")
+        parser.error(
+            f"--partition {day} is outside {FIRST_DAY}..{LAST_DAY - dt.timedelta(days=1)}, the days that have a next day"
+        )
     if "DAGSTER_HOME" not in os.environ:
         parser.error("DAGSTER_HOME is not set; run `make demo`, or export DAGSTER_HOME=$PWD/.dagster")
 
@@ -67,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Daily retrain of {day}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
     print(f"  events stored for {FIRST_DAY}..{next_day}: {history_rows}")
     print(f"  training rows (window ending {day}): {_value(model, 'rows')}")
-    print(f"  workers: {_value(model, 'workers')}, cluster start-up: {_fmt(_value(model, 'cluster_startup_s'))} s, "
-          f"training: {_fmt(_value(model, 'training_s'))} s")
+    print(
+        f"  workers: {_value(model, 'workers')}, cluster start-up: {_fmt(_value(model, 'cluster_startup_s'))} s, "
+        f"training: {_fmt(_value(model, 'training_s'))} s"
+    )
     print(f"  next-day metrics on {next_day} ({_value(evaluation, 'holdout_rows')} events):")
     print(f"    {'':10} {'AUC':>7} {'log loss':>9} {'NDCG@10':>8} {'HR@10':>7}")
     for name in ("model", "baseline", "champion"):
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  production model: {'promoted' if promoted else 'kept'} ({_value(production, 'champion_partition')})")
     else:
         print("  production model: not promoted (the AUC check failed or a step failed)")
-    print(f"  open the Dagster UI with `make ui` to see the run, its logs and metadata")
+    print("  open the Dagster UI with `make ui` to see the run, its logs and metadata")
     return 0 if result.success else 1
 
 

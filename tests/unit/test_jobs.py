@@ -144,10 +144,6 @@ def test_each_log_line_sent_once() -> None:
     assert lines == ["epoch 1", "epoch 2", "epoch 3", "done"]
 
 
-@pytest.mark.xfail(
-    reason="run_job splits the log at the previous length, so a line cut between two polls arrives as two fragments",
-    strict=True,
-)
 def test_partial_log_line_sent_whole() -> None:
     clock = FakeClock()
     client = FakeJobClient(

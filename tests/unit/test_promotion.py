@@ -154,10 +154,6 @@ def test_rerun_of_champion_day_promotes(storage: TrainingStorage) -> None:
     assert storage.read_json(CHAMPION_FILE)["auc"] == 0.7
 
 
-@pytest.mark.xfail(
-    reason="production_model writes a champion pointer with a null AUC, then fails formatting None in its log line",
-    strict=True,
-)
 def test_no_promotion_without_any_auc(storage: TrainingStorage) -> None:
     write_report(storage, candidate_auc=None)
 

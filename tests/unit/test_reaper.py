@@ -25,7 +25,7 @@ print(child.pid, flush=True)
 time.sleep(60)
 """
 
-# Starts `sleep 60` in its own process group, prints its pid, then sleeps itself.
+# Starts `sleep 60` in the leader's process group, prints its pid, then sleeps itself.
 LEADER_WITH_CHILD_IN_GROUP = """
 import subprocess, sys, time
 child = subprocess.Popen(["sleep", "60"])
@@ -33,11 +33,12 @@ print(child.pid, flush=True)
 time.sleep(60)
 """
 
-# Starts a child in its own process group that ignores SIGTERM and prints its pid, then exits at once.
+# Starts a child that stays in the leader's process group, ignores SIGTERM and prints its pid, then exits at once.
 LEADER_LEAVING_STUBBORN_CHILD = """
 import subprocess, sys
 child_script = (
-    "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(os.getpid(), flush=True); time.sleep(60)"
+    "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print(os.getpid(), flush=True); time.sleep(60)"
 )
 subprocess.Popen([sys.executable, "-c", child_script])
 """
@@ -177,11 +178,6 @@ def test_kill_escalates_to_sigkill(processes: ProcessTracker) -> None:
     assert wait_until(lambda: leader.poll() is not None)
 
 
-@pytest.mark.xfail(
-    reason="kill_process_groups only tracks a group through its leader's pid, "
-    "so members of a group whose leader exited get SIGTERM but never SIGKILL",
-    strict=True,
-)
 def test_kill_escalates_without_leader(processes: ProcessTracker) -> None:
     leader, child_pid = processes.start_leader(LEADER_LEAVING_STUBBORN_CHILD)
     leader.wait(timeout=DEADLINE_S)

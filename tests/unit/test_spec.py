@@ -180,10 +180,6 @@ def test_validate_accepts_cpu_only_without_gpus() -> None:
     make_spec(gpus_per_worker=0).validate(available_gpus=0)
 
 
-@pytest.mark.xfail(
-    reason="ClusterSpec.validate never checks memory_per_worker, so zero or negative memory passes",
-    strict=True,
-)
 @pytest.mark.parametrize("memory", [0, -GIB])
 def test_validate_rejects_non_positive_memory(memory: int) -> None:
     with pytest.raises(InvalidRequestError):

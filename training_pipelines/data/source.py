@@ -60,7 +60,9 @@ class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
 
     events_uri: str = Field(default="", description="Parquet table of events: user id, item id, rating, timestamp.")
     users_uri: str = Field(default="", description="Parquet table of user features: user_id, age, gender, occupation.")
-    items_uri: str = Field(default="", description="Parquet table of item features: item_id and one 0/1 column per genre.")
+    items_uri: str = Field(
+        default="", description="Parquet table of item features: item_id and one 0/1 column per genre."
+    )
     column_renames: dict[str, str] = Field(
         default_factory=lambda: dict(MOVIELENS_RENAMES),
         description="Source column name to pipeline column name, such as {'movie_id': 'item_id'}.",
@@ -112,10 +114,14 @@ class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
         try:
             return pq.read_schema(uri)
         except FileNotFoundError as err:
-            raise SourceError("events_uri", f"{uri} does not exist", "Point events_uri at an existing Parquet table.") from err
+            raise SourceError(
+                "events_uri", f"{uri} does not exist", "Point events_uri at an existing Parquet table."
+            ) from err
         except (pa.ArrowInvalid, OSError) as err:
             raise SourceError(
-                "events_uri", f"{uri} is not a readable Parquet table ({err})", "Point events_uri at a valid Parquet table."
+                "events_uri",
+                f"{uri} is not a readable Parquet table ({err})",
+                "Point events_uri at a valid Parquet table.",
             ) from err
 
     def read_users(self) -> pd.DataFrame:

@@ -51,7 +51,9 @@ def validate_events(events: pd.DataFrame, *, source: str) -> pd.DataFrame:
             )
     if not pd.api.types.is_numeric_dtype(frame["rating"]) or pd.api.types.is_bool_dtype(frame["rating"]):
         raise SourceError(
-            "events.rating", f"expected numeric ratings in {source}, got {frame['rating'].dtype}", "Store ratings as numbers"
+            "events.rating",
+            f"expected numeric ratings in {source}, got {frame['rating'].dtype}",
+            "Store ratings as numbers",
         )
     if pd.api.types.is_datetime64_any_dtype(frame["timestamp"]):
         timestamps = frame["timestamp"]

@@ -106,7 +106,9 @@ def late_ratings_sensor(
         requested[day] = source.get(day, EMPTY_FINGERPRINT)
     run_requests = []
     for first, last in contiguous_ranges(to_request):
-        run_key = f"late-ratings-{first}-{last}-" + "-".join(requested[day][:8] for day in to_request if first <= day <= last)
+        run_key = f"late-ratings-{first}-{last}-" + "-".join(
+            requested[day][:8] for day in to_request if first <= day <= last
+        )
         run_requests.append(
             dg.RunRequest(
                 run_key=run_key[:200],

@@ -75,7 +75,9 @@ def ranking_model(
     history_paths = _stored_days(storage, days_between(FIRST_DAY, day))
 
     previous = (day - dt.timedelta(days=1)).isoformat()
-    warm_start = storage.uri(MODEL_FOLDER, previous, MODEL_FILE) if storage.exists(MODEL_FOLDER, previous, MODEL_FILE) else None
+    warm_start = (
+        storage.uri(MODEL_FOLDER, previous, MODEL_FILE) if storage.exists(MODEL_FOLDER, previous, MODEL_FILE) else None
+    )
     spec = ray_cluster.cluster_spec()
     request = TrainingRequest(
         partition=day.isoformat(),
@@ -181,7 +183,9 @@ def ranking_model_evaluation(
 
     labels = examples[LABEL_COLUMN].to_numpy()
     users = examples["user_id"].to_numpy()
-    model_scores = _score_model(storage, (MODEL_FOLDER, day.isoformat(), MODEL_FILE), examples) if len(examples) else np.array([])
+    model_scores = (
+        _score_model(storage, (MODEL_FOLDER, day.isoformat(), MODEL_FILE), examples) if len(examples) else np.array([])
+    )
     baseline_scores = popularity_scores(history, examples["item_id"].to_numpy())
     model_metrics = evaluate(labels, model_scores, users)
     baseline_metrics = evaluate(labels, baseline_scores, users)
@@ -207,7 +211,11 @@ def ranking_model_evaluation(
     storage.write_json(report, EVALUATION_FOLDER, f"{day.isoformat()}.json")
 
     metadata: dict[str, dg.RawMetadataValue] = {"holdout_rows": dg.MetadataValue.int(len(examples))}
-    for prefix, values in (("model", model_metrics), ("baseline", baseline_metrics), ("champion", champion_metrics or {})):
+    for prefix, values in (
+        ("model", model_metrics),
+        ("baseline", baseline_metrics),
+        ("champion", champion_metrics or {}),
+    ):
         for key in ("auc", "log_loss", "ndcg_at_10", "hit_rate_at_10"):
             if key in values and not math.isnan(values[key]):
                 metadata[f"{prefix}_{key}"] = dg.MetadataValue.float(float(values[key]))
@@ -246,22 +254,35 @@ def production_model(context: dg.AssetExecutionContext, storage: TrainingStorage
     report = storage.read_json(EVALUATION_FOLDER, f"{day}.json")
     candidate_auc = report["model"]["auc"]
     champion = report["champion"]
+    current = storage.read_json(CHAMPION_FILE) if storage.exists(CHAMPION_FILE) else None
 
-    if champion is not None and champion["partition"] != day and champion["auc"] is not None:
-        if candidate_auc is None or candidate_auc < champion["auc"]:
-            context.log.warning(
-                f"Kept the champion from {champion['partition']}: its AUC on {report['holdout_day']} is "
-                f"{champion['auc']:.4f}, the candidate's {candidate_auc}"
+    reason = None
+    if candidate_auc is None:
+        reason = f"the model of {day} has no AUC on {report['holdout_day']}"
+    elif (current and current["partition"]) != (champion and champion["partition"]):
+        reason = (
+            f"the champion changed to {current and current['partition']} after this evaluation; "
+            "re-materialize ranking_model_evaluation to compare against it"
+        )
+    elif champion is not None and champion["partition"] != day and champion["auc"] is not None:
+        if candidate_auc < champion["auc"]:
+            reason = (
+                f"the champion from {champion['partition']} scores AUC {champion['auc']:.4f} on "
+                f"{report['holdout_day']}, the candidate {candidate_auc:.4f}"
             )
-            current = storage.read_json(CHAMPION_FILE)
-            return dg.MaterializeResult(
-                metadata={
-                    "promoted": dg.MetadataValue.bool(False),
-                    "champion_partition": dg.MetadataValue.text(str(current["partition"])),
-                    "candidate_auc": dg.MetadataValue.float(float(candidate_auc or 0.0)),
-                    "champion_auc": dg.MetadataValue.float(float(champion["auc"])),
-                }
-            )
+    if reason is not None:
+        context.log.warning(f"Kept the current champion: {reason}")
+        metadata: dict[str, dg.RawMetadataValue] = {
+            "promoted": dg.MetadataValue.bool(False),
+            "reason": dg.MetadataValue.text(reason),
+        }
+        if current is not None:
+            metadata["champion_partition"] = dg.MetadataValue.text(str(current["partition"]))
+        if candidate_auc is not None:
+            metadata["candidate_auc"] = dg.MetadataValue.float(float(candidate_auc))
+        if champion is not None and champion["auc"] is not None:
+            metadata["champion_auc"] = dg.MetadataValue.float(float(champion["auc"]))
+        return dg.MaterializeResult(metadata=metadata)
 
     pointer = {
         "partition": day,

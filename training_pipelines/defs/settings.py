@@ -32,10 +32,14 @@ class RankingSettings(ConfigurableResource):  # type: ignore[type-arg]
         positive = {"window_days": self.window_days, "epochs": self.epochs, "batch_size": self.batch_size}
         for field, value in positive.items():
             if value < 1:
-                raise InvalidRequestError(f"ranking_settings.{field}", f"must be at least 1, got {value}", "Use a positive value.")
+                raise InvalidRequestError(
+                    f"ranking_settings.{field}", f"must be at least 1, got {value}", "Use a positive value."
+                )
         if not 0 < self.learning_rate < 1:
             raise InvalidRequestError(
-                "ranking_settings.learning_rate", f"must lie in (0, 1), got {self.learning_rate}", "Use a value such as 0.003."
+                "ranking_settings.learning_rate",
+                f"must lie in (0, 1), got {self.learning_rate}",
+                "Use a value such as 0.003.",
             )
         if self.auc_margin < 0:
             raise InvalidRequestError(

@@ -17,16 +17,24 @@ from training_pipelines.ranking.model import RankingModel, batch_to_tensors, los
 class TrainingHyperparameters:
     """Optimiser settings for one training run. Learning rate and weight decay are Adam's.
 
-    NOTE: the defaults suit a fresh model trained once on a 28-day window. Starting
-    from the previous day's weights and training the same epochs again lowered
-    next-day AUC on two of six checked MovieLens-100k days, so a warm start may
-    need fewer epochs.
+    Adam's weight decay is an L2 penalty towards zero, and zero is the popularity
+    baseline, because every parameter is a correction to the baseline's logit.
+
+    A warm start (initial weights from the previous day's model) first calls
+    ``shrink_corrections(model, warm_start_shrink)`` and then trains
+    ``warm_start_epochs`` epochs instead of ``epochs``. Training the full
+    ``epochs`` again each day keeps fitting the overlapping windows: on
+    MovieLens-100k a 14-day warm-start chain then fell 0.04 below the baseline on
+    1998-04-10, while with the shrink and one epoch it stayed within 0.01 of the
+    fresh model on six checked days.
     """
 
     epochs: int = 3
     batch_size: int = 256
     learning_rate: float = 5e-4
-    weight_decay: float = 1e-5
+    weight_decay: float = 1e-3
+    warm_start_epochs: int = 1
+    warm_start_shrink: float = 0.5
 
 
 def make_optimizer(

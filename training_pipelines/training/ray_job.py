@@ -10,12 +10,10 @@ request. The Dagster asset that submitted the job reads that result.
 from __future__ import annotations
 
 import argparse
-import json
 import posixpath
 import sys
 import time
 
-import fsspec
 import pandas as pd
 import pyarrow.parquet as pq
 import ray
@@ -23,6 +21,7 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from resources.storage import TrainingStorage
 from training_pipelines.ranking.features import FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN, build_examples
 from training_pipelines.ranking.model import ModelConfig, RankingModel, model_to_bytes
 from training_pipelines.training.request import EXAMPLES_FILE, MODEL_FILE, RESULT_FILE, TrainingRequest
@@ -31,15 +30,6 @@ from training_pipelines.training.train_loop import CHECKPOINT_FILE, train_loop_p
 
 def _read_table(uri: str, renames: dict[str, str]) -> pd.DataFrame:
     return pq.read_table(uri).to_pandas().rename(columns=renames)
-
-
-def _write_bytes(uri: str, data: bytes) -> None:
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    temporary = f"{path}.tmp"
-    with fs.open(temporary, "wb") as handle:
-        handle.write(data)
-    fs.mv(temporary, path)
 
 
 def build_training_examples(request: TrainingRequest) -> pd.DataFrame:
@@ -61,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if examples.empty:
         print(f"No training events in {request.window_first_day}..{request.partition}", file=sys.stderr)
         return 2
-    examples_uri = posixpath.join(request.output_dir, EXAMPLES_FILE)
-    _write_bytes(examples_uri, _parquet_bytes(examples[[*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]]))
+    output = TrainingStorage(root=request.output_dir)
+    examples_uri = output.write_parquet(examples[[*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]], EXAMPLES_FILE)
     prepare_s = time.perf_counter() - started
     print(f"Built {len(examples)} training examples in {prepare_s:.1f} s", flush=True)
 
@@ -110,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         state = torch.load(posixpath.join(folder, CHECKPOINT_FILE), weights_only=True)
     model = RankingModel(model_config)
     model.load_state_dict(state["model"])
-    model_uri = posixpath.join(request.output_dir, MODEL_FILE)
-    _write_bytes(model_uri, model_to_bytes(model, model_config))
+    model_uri = output.write_bytes(model_to_bytes(model, model_config), MODEL_FILE)
 
     metrics = result.metrics or {}
     summary = {
@@ -127,17 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         "model_uri": model_uri,
         "warm_started": bool(request.warm_start_model),
     }
-    _write_bytes(posixpath.join(request.output_dir, RESULT_FILE), json.dumps(summary, indent=2).encode())
+    output.write_json(summary, RESULT_FILE)
     print(f"Wrote the model to {model_uri}", flush=True)
     return 0
-
-
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
 
 
 if __name__ == "__main__":
