@@ -85,7 +85,7 @@ class ClusterSpec:
 
     @property
     def total_memory(self) -> int:
-        """Memory the cluster asks for in bytes: workers plus one object store per node."""
+        """Memory the cluster requests in bytes: workers plus one object store per node."""
         return self.workers * (self.memory_per_worker + self.object_store_memory) + self.object_store_memory
 
     def validate(self, *, available_memory: int | None = None, available_gpus: int | None = None) -> None:

@@ -22,8 +22,8 @@ from resources.errors import StorageError
 class TrainingStorage(ConfigurableResource):  # type: ignore[type-arg]
     """Reads and writes files under ``root`` (a local folder, ``s3://bucket/prefix`` or ``gs://...``).
 
-    Every write is atomic for readers: locally the file is written under a temporary
-    name in the same folder and renamed; object stores publish an object only when its
+    Every write is atomic for readers. Locally the file is written under a temporary
+    name in the same folder and renamed. Object stores publish an object only when its
     upload completes, so there the object is written in place.
     """
 

@@ -16,6 +16,7 @@ from training_pipelines.ranking.model import (
     model_from_bytes,
     model_to_bytes,
     predict_proba,
+    shrink_corrections,
 )
 from training_pipelines.ranking.train_plain import TrainingHyperparameters, train_epochs
 
@@ -191,3 +192,108 @@ def test_default_hyperparameters_are_positive() -> None:
     assert defaults.epochs > 0
     assert defaults.batch_size > 0
     assert defaults.learning_rate > 0
+
+
+def test_warm_start_keeps_shapes_and_outputs() -> None:
+    torch.manual_seed(0)
+    examples = make_examples(200)
+    previous = RankingModel(SMALL_CONFIG)
+    train_epochs(previous, examples, epochs=1, batch_size=32, learning_rate=1e-2, seed=0)
+    restored, config = model_from_bytes(model_to_bytes(previous, SMALL_CONFIG))
+
+    warm = RankingModel(config)
+    warm.load_state_dict(restored.state_dict())
+
+    for name, tensor in previous.state_dict().items():
+        assert warm.state_dict()[name].shape == tensor.shape, name
+    np.testing.assert_array_equal(predict_proba(warm, examples), predict_proba(previous, examples))
+
+
+def test_shrink_scales_every_parameter() -> None:
+    torch.manual_seed(0)
+    model = RankingModel(SMALL_CONFIG)
+    train_epochs(model, make_examples(200), epochs=1, batch_size=32, learning_rate=1e-2, seed=0)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+    shrink_corrections(model, 0.5)
+
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, before[name] * 0.5, msg=name)
+
+
+def test_full_shrink_gives_baseline_scores() -> None:
+    torch.manual_seed(0)
+    examples = make_examples(300)
+    model = RankingModel(SMALL_CONFIG)
+    train_epochs(model, examples, epochs=2, batch_size=32, learning_rate=1e-2, seed=0)
+    prior = 1 / (1 + np.exp(-examples[features.PRIOR_LOGIT_COLUMN].to_numpy()))
+
+    shrink_corrections(model, 0.0)
+
+    assert predict_proba(model, examples) == pytest.approx(prior, abs=1e-6)
+
+
+def test_shrink_of_one_changes_nothing() -> None:
+    torch.manual_seed(0)
+    examples = make_examples(100)
+    model = RankingModel(SMALL_CONFIG)
+    train_epochs(model, examples, epochs=1, batch_size=32, learning_rate=1e-2, seed=0)
+    expected = predict_proba(model, examples)
+
+    shrink_corrections(model, 1.0)
+
+    np.testing.assert_array_equal(predict_proba(model, examples), expected)
+
+
+@pytest.mark.parametrize("factor", [-0.1, 1.5])
+def test_shrink_rejects_factor_outside_unit_interval(factor: float) -> None:
+    with pytest.raises(ValueError, match="shrink factor"):
+        shrink_corrections(RankingModel(SMALL_CONFIG), factor)
+
+
+def test_disabled_parts_leave_logits_unchanged() -> None:
+    torch.manual_seed(0)
+    # Uncentred, so a constant cross row would shift the logit if the crosses were used.
+    model = RankingModel(dataclasses.replace(SMALL_CONFIG, center_crosses=False))
+    batch = to_batch(make_examples(20))
+    expected = model(batch)
+
+    with torch.no_grad():
+        model.age_genre_cross.weight.fill_(3.0)
+        model.user_embedding.weight.fill_(3.0)
+
+    assert not model.config.use_crosses
+    assert not model.config.use_interaction
+    torch.testing.assert_close(model(batch), expected)
+
+
+def test_enabled_crosses_change_logits() -> None:
+    torch.manual_seed(0)
+    config = dataclasses.replace(SMALL_CONFIG, use_crosses=True, center_crosses=False)
+    model = RankingModel(config)
+    batch = to_batch(make_examples(20))
+    expected = model(batch)
+
+    with torch.no_grad():
+        model.age_genre_cross.weight.fill_(1.0)
+
+    genre_share = (batch["genres"].sum(dim=1) > 0).float()
+    torch.testing.assert_close(model(batch), expected + genre_share)
+
+
+def test_config_without_switches_loads_legacy_model() -> None:
+    saved = ModelConfig().to_dict()
+    del saved["use_crosses"]
+    del saved["use_interaction"]
+
+    config = ModelConfig.from_dict(saved)
+
+    assert config.use_crosses
+    assert config.use_interaction
+
+
+def test_warm_start_defaults_train_less() -> None:
+    defaults = TrainingHyperparameters()
+
+    assert 1 <= defaults.warm_start_epochs <= defaults.epochs
+    assert 0.0 <= defaults.warm_start_shrink <= 1.0

@@ -90,12 +90,13 @@ def ranking_model(
         workers=spec.workers,
         cpus_per_worker=spec.cpus_per_worker,
         use_gpu=ray_cluster.use_gpu,
-        epochs=ranking_settings.epochs,
+        epochs=ranking_settings.warm_start_epochs if warm_start else ranking_settings.epochs,
         batch_size=ranking_settings.batch_size,
         learning_rate=ranking_settings.learning_rate,
         seed=ranking_settings.seed,
         max_failures=ranking_settings.max_failures,
         warm_start_model=warm_start,
+        warm_start_shrink=ranking_settings.warm_start_shrink,
         column_renames=dict(ratings_source.column_renames),
     )
     request_uri = storage.write_bytes(request.to_json().encode(), MODEL_FOLDER, day.isoformat(), REQUEST_FILE)

@@ -18,6 +18,14 @@ class RankingSettings(ConfigurableResource):  # type: ignore[type-arg]
     epochs: int = Field(default=_DEFAULTS.epochs, description="Passes over the training window.")
     batch_size: int = Field(default=_DEFAULTS.batch_size, description="Examples per batch and worker.")
     learning_rate: float = Field(default=_DEFAULTS.learning_rate, description="Adam learning rate.")
+    warm_start_epochs: int = Field(
+        default=_DEFAULTS.warm_start_epochs,
+        description="Passes over the window when training starts from the previous day's model.",
+    )
+    warm_start_shrink: float = Field(
+        default=_DEFAULTS.warm_start_shrink,
+        description="Factor in [0, 1] that pulls the previous day's corrections toward the popularity baseline.",
+    )
     auc_margin: float = Field(
         default=0.01,
         description="The model is not promoted when its AUC is more than this below the popularity baseline's.",
@@ -29,7 +37,12 @@ class RankingSettings(ConfigurableResource):  # type: ignore[type-arg]
 
     def validate_settings(self) -> None:
         """Raise InvalidRequestError naming the first invalid setting."""
-        positive = {"window_days": self.window_days, "epochs": self.epochs, "batch_size": self.batch_size}
+        positive = {
+            "window_days": self.window_days,
+            "epochs": self.epochs,
+            "warm_start_epochs": self.warm_start_epochs,
+            "batch_size": self.batch_size,
+        }
         for field, value in positive.items():
             if value < 1:
                 raise InvalidRequestError(
@@ -40,6 +53,12 @@ class RankingSettings(ConfigurableResource):  # type: ignore[type-arg]
                 "ranking_settings.learning_rate",
                 f"must lie in (0, 1), got {self.learning_rate}",
                 "Use a value such as 0.003.",
+            )
+        if not 0 <= self.warm_start_shrink <= 1:
+            raise InvalidRequestError(
+                "ranking_settings.warm_start_shrink",
+                f"must lie in [0, 1], got {self.warm_start_shrink}",
+                "Use 1 to keep yesterday's weights as they are, 0 to start from the baseline.",
             )
         if self.auc_margin < 0:
             raise InvalidRequestError(

@@ -45,10 +45,10 @@ class ModelConfig:
     """Add the factorised user-side x item-side dot product to the logit."""
 
     # Both are off by default. On MovieLens-100k (28-day windows, next-day AUC on
-    # 32 days, every 6th from 1997-10-14), a model with the bias, the history
-    # feature weights and either one fell more than 0.01 below the popularity
-    # baseline on 1 of the 32 days, and the model with every part on 3. The bias,
-    # the history-feature weights and the MLP alone did on none.
+    # 32 days, every 6th from 1997-10-14), adding either one to the bias and the
+    # history-feature weights made the model fall more than 0.01 below the
+    # popularity baseline on 1 of the 32 days. The model with every part did on 3,
+    # and the bias, the history-feature weights and the MLP alone on none.
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON-compatible values."""

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": request.seed,
             "cpus_per_worker": request.cpus_per_worker,
             "warm_start_model": request.warm_start_model,
+            "warm_start_shrink": request.warm_start_shrink,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=request.workers,

@@ -33,6 +33,7 @@ class TrainingRequest:
     seed: int
     max_failures: int
     warm_start_model: str | None = None
+    warm_start_shrink: float = 1.0
     column_renames: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -13,20 +14,31 @@ import torch
 import torch.distributed as dist
 
 from training_pipelines.ranking.features import FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN
-from training_pipelines.ranking.model import ModelConfig, RankingModel, batch_to_tensors, model_from_bytes
+from training_pipelines.ranking.model import (
+    ModelConfig,
+    RankingModel,
+    batch_to_tensors,
+    model_from_bytes,
+    shrink_corrections,
+)
 from training_pipelines.ranking.train_plain import make_optimizer, train_step
 
 CHECKPOINT_FILE = "state.pt"
 
+# Ray Train tees print() to both the worker's stdout and its logger, so a printed line
+# shows up twice in the job log. A log record shows up once.
+logger = logging.getLogger(__name__)
 
-def _load_initial_state(model: RankingModel, warm_start_path: str | None) -> None:
-    if not warm_start_path:
-        return
+
+def _warm_start(model: RankingModel, warm_start_path: str, shrink: float) -> None:
     import fsspec
 
     with fsspec.open(warm_start_path, "rb") as handle:
         previous, _ = model_from_bytes(handle.read())
     model.load_state_dict(previous.state_dict())
+    # Yesterday's corrections were fit to yesterday's window; shrinking them toward the
+    # popularity baseline keeps a chain of warm starts from drifting.
+    shrink_corrections(model, shrink)
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -63,9 +75,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start_epoch = int(state["epoch"]) + 1
         epoch_losses = [float(loss) for loss in state["epoch_losses"]]
         if rank == 0:
-            print(f"Resuming from the checkpoint of epoch {start_epoch}", flush=True)
-    else:
-        _load_initial_state(model, config.get("warm_start_model"))
+            logger.info("Resuming from the checkpoint of epoch %d", start_epoch)
+    elif config.get("warm_start_model"):
+        _warm_start(model, config["warm_start_model"], float(config.get("warm_start_shrink", 1.0)))
 
     model = ray.train.torch.prepare_model(model)
     shard = ray.train.get_dataset_shard("train")
@@ -113,9 +125,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 }
                 torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
                 saved = ray.train.Checkpoint.from_directory(folder)
-                print(
-                    f"Epoch {epoch + 1}/{epochs}: loss {mean_loss:.4f}, "
-                    f"{int(total_samples)} samples, {samples_per_s:.0f} samples/s",
-                    flush=True,
+                logger.info(
+                    "Epoch %d/%d: loss %.4f, %d samples, %.0f samples/s",
+                    epoch + 1,
+                    epochs,
+                    mean_loss,
+                    int(total_samples),
+                    samples_per_s,
                 )
             ray.train.report(metrics, checkpoint=saved)

@@ -1,0 +1,38 @@
+"""The code location loads and its schedule targets the right partition."""
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from training_pipelines.definitions import defs
+from training_pipelines.defs.automation import build_daily_retrain_schedule
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_definitions_name_every_part() -> None:
+    asset_keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+
+    assert asset_keys == {"ratings_daily", "ranking_model", "ranking_model_evaluation", "production_model"}
+    assert defs.resolve_job_def("daily_retrain_job") is not None
+    assert defs.resolve_schedule_def("daily_retrain_schedule") is not None
+    assert defs.resolve_sensor_def("late_ratings_sensor") is not None
+
+
+def test_schedule_runs_previous_day() -> None:
+    schedule = build_daily_retrain_schedule(hour_utc=5)
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(1998, 3, 16, 5, tzinfo=dt.UTC))
+
+    requests = list(schedule.evaluate_tick(context).run_requests or [])
+
+    assert schedule.cron_schedule == "0 5 * * *"
+    assert len(requests) == 1
+    assert requests[0].partition_key == "1998-03-15"
+
+
+def test_schedule_rejects_invalid_hour() -> None:
+    with pytest.raises(ValueError, match="0..23"):
+        build_daily_retrain_schedule(hour_utc=24)
