@@ -259,12 +259,26 @@ def test_disabled_parts_leave_logits_unchanged() -> None:
     expected = model(batch)
 
     with torch.no_grad():
-        model.age_genre_cross.weight.fill_(3.0)
         model.user_embedding.weight.fill_(3.0)
 
+    assert model.crosses is None
     assert not model.config.use_crosses
     assert not model.config.use_interaction
     torch.testing.assert_close(model(batch), expected)
+
+
+@pytest.mark.parametrize("use_crosses", [False, True])
+@pytest.mark.parametrize("use_interaction", [False, True])
+def test_every_parameter_gets_gradient(use_crosses: bool, use_interaction: bool) -> None:
+    # DistributedDataParallel fails when a parameter takes no part in the loss.
+    config = dataclasses.replace(SMALL_CONFIG, use_crosses=use_crosses, use_interaction=use_interaction)
+    model = RankingModel(config)
+    batch = to_batch(make_examples(20))
+
+    loss_fn(model(batch), batch["label"]).backward()
+
+    without_gradient = [name for name, parameter in model.named_parameters() if parameter.grad is None]
+    assert without_gradient == []
 
 
 def test_enabled_crosses_change_logits() -> None:
@@ -275,7 +289,7 @@ def test_enabled_crosses_change_logits() -> None:
     expected = model(batch)
 
     with torch.no_grad():
-        model.age_genre_cross.weight.fill_(1.0)
+        model.crosses[0].weight.fill_(1.0)
 
     genre_share = (batch["genres"].sum(dim=1) > 0).float()
     torch.testing.assert_close(model(batch), expected + genre_share)

@@ -95,10 +95,19 @@ class RankingModel(nn.Module):
         self.occupation_embedding = nn.Embedding(self.config.num_occupations, dim)
         self.genre_projection = nn.Linear(genres, dim, bias=False)
 
-        # Wide crosses: one weight per (user feature value, genre) pair.
-        self.age_genre_cross = nn.Embedding(self.config.num_age_buckets, genres)
-        self.gender_genre_cross = nn.Embedding(self.config.num_genders, genres)
-        self.occupation_genre_cross = nn.Embedding(self.config.num_occupations, genres)
+        # Wide crosses: one weight per (user feature value, genre) pair. They exist only
+        # when used, because DistributedDataParallel fails on parameters without gradients.
+        self.crosses = (
+            nn.ModuleList(
+                [
+                    nn.Embedding(self.config.num_age_buckets, genres),
+                    nn.Embedding(self.config.num_genders, genres),
+                    nn.Embedding(self.config.num_occupations, genres),
+                ]
+            )
+            if self.config.use_crosses
+            else None
+        )
         self.dense_linear = nn.Linear(self.config.num_dense, 1)
 
         mlp_input = 6 * dim + genres + self.config.num_dense
@@ -120,7 +129,7 @@ class RankingModel(nn.Module):
             self.occupation_embedding,
         ):
             nn.init.normal_(embedding.weight, std=0.01)
-        for cross in (self.age_genre_cross, self.gender_genre_cross, self.occupation_genre_cross):
+        for cross in self.crosses or []:
             nn.init.zeros_(cross.weight)
         nn.init.zeros_(self.dense_linear.weight)
         nn.init.zeros_(self.dense_linear.bias)
@@ -140,11 +149,9 @@ class RankingModel(nn.Module):
         genre_vector = self.genre_projection(genre_weights)
 
         logits = batch["prior_logit"] + self.dense_linear(batch["dense"]).squeeze(1)
-        if self.config.use_crosses:
-            for cross, index in (
-                (self.age_genre_cross, batch["age_bucket"]),
-                (self.gender_genre_cross, batch["gender_index"]),
-                (self.occupation_genre_cross, batch["occupation_index"]),
+        if self.crosses is not None:
+            for cross, index in zip(
+                self.crosses, (batch["age_bucket"], batch["gender_index"], batch["occupation_index"]), strict=True
             ):
                 weights = cross(index)
                 if self.config.center_crosses:

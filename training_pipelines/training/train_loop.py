@@ -34,7 +34,10 @@ def _warm_start(model: RankingModel, warm_start_path: str, shrink: float) -> Non
     import fsspec
 
     with fsspec.open(warm_start_path, "rb") as handle:
-        previous, _ = model_from_bytes(handle.read())
+        previous, previous_config = model_from_bytes(handle.read())
+    if previous_config != model.config:
+        logger.warning("Training from scratch: %s has another model configuration", warm_start_path)
+        return
     model.load_state_dict(previous.state_dict())
     # Yesterday's corrections were fit to yesterday's window; shrinking them toward the
     # popularity baseline keeps a chain of warm starts from drifting.
