@@ -20,6 +20,8 @@ from training_pipelines.defs.partitions import FIRST_DAY, LAST_DAY
 from training_pipelines.defs.ratings import ratings_daily
 
 DEFAULT_PARTITION = "1998-03-15"
+# INFO keeps the training progress and drops Dagster's per-event DEBUG lines from the terminal.
+CONSOLE_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> Mapping[str, dg.MetadataValue]:
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     next_day = (day + dt.timedelta(days=1)).isoformat()
     print(f"Storing ratings_daily for {FIRST_DAY}..{next_day} in one run", flush=True)
     history = job.execute_in_process(
+        run_config=CONSOLE_LOGGING,
         instance=instance,
         asset_selection=[ratings_daily.key],
         tags={
@@ -60,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     history_rows = _value(_metadata(history, "ratings_daily"), "rows")
 
     print(f"Running daily_retrain_job for {day} on a local Ray cluster", flush=True)
-    result = job.execute_in_process(instance=instance, partition_key=day.isoformat(), raise_on_error=False)
+    result = job.execute_in_process(
+        run_config=CONSOLE_LOGGING, instance=instance, partition_key=day.isoformat(), raise_on_error=False
+    )
     model = _metadata(result, "ranking_model")
     evaluation = _metadata(result, "ranking_model_evaluation")
     production = _metadata(result, "production_model")

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tests.integration.conftest import materialize_history, small_resources
+from tests.integration.conftest import materialize_history, ray_processes, small_resources
 from training_pipelines.definitions import defs
 
 pytestmark = pytest.mark.integration
@@ -60,3 +60,12 @@ def test_next_day_warm_starts(storage_root: Path, no_leaked_ray_processes: None)
 
     assert first.asset_materializations_for_node("ranking_model")[0].metadata["warm_started"].value is False
     assert second.asset_materializations_for_node("ranking_model")[0].metadata["warm_started"].value is True
+
+
+def test_ratings_only_run_starts_no_cluster(storage_root: Path, no_leaked_ray_processes: None) -> None:
+    before = set(ray_processes())
+    resources = small_resources(storage_root)
+
+    materialize_history(resources, first="1997-09-20", last="1997-09-25")
+
+    assert set(ray_processes()) == before

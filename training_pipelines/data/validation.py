@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from resources.errors import PlatformError
+from resources.errors import InvalidRequestError
 
 EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 MIN_RATING = 1
 MAX_RATING = 5
 
 
-class SourceError(PlatformError, ValueError):
+class SourceError(InvalidRequestError):
     """The ratings source is missing, unreadable or invalid."""
-
-    def __init__(self, field: str, problem: str, fix: str) -> None:
-        super().__init__(field, problem, fix)
-        self.field = field
-        self.problem = problem
-        self.fix = fix
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.problem}. {self.fix}"
 
 
 def validate_events(events: pd.DataFrame, *, source: str) -> pd.DataFrame:

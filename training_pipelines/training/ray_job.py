@@ -113,13 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         "prepare_s": prepare_s,
         "training_s": training_s,
         "workers": request.workers,
-        "checkpoint_uri": result.checkpoint.path,
+        "checkpoint_uri": _with_scheme(result.checkpoint.path, request.train_dir),
         "model_uri": model_uri,
         "warm_started": bool(request.warm_start_model),
     }
     output.write_json(summary, RESULT_FILE)
     print(f"Wrote the model to {model_uri}", flush=True)
     return 0
+
+
+def _with_scheme(path: str, like: str) -> str:
+    """Give ``path`` the URI scheme of ``like``; Ray Train reports object-store paths without one."""
+    if "://" in like and "://" not in path:
+        return f"{like.split('://', 1)[0]}://{path}"
+    return path
 
 
 if __name__ == "__main__":
