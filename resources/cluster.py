@@ -61,8 +61,8 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
     _cluster: LocalRayCluster | None = PrivateAttr(default=None)
     _name: str = PrivateAttr(default="")
 
-    def cluster_spec(self) -> ClusterSpec:
-        """Build and validate the spec against this machine.
+    def cluster_spec(self, *, check_machine: bool = True) -> ClusterSpec:
+        """Build and validate the spec, against this machine's memory and GPUs when ``check_machine``.
 
         Raises:
             InvalidRequestError: naming the invalid field and how to fix it.
@@ -75,7 +75,10 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             object_store_memory=parse_memory(self.object_store_memory, field="object_store_memory"),
             head_cpus=self.head_cpus,
         )
-        spec.validate(available_memory=psutil.virtual_memory().total, available_gpus=_local_gpu_count())
+        if check_machine:
+            spec.validate(available_memory=psutil.virtual_memory().total, available_gpus=_local_gpu_count())
+        else:
+            spec.validate()
         return spec
 
     @property

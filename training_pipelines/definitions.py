@@ -1,23 +1,16 @@
 """The Dagster code location: assets, job, schedule, sensor and resources, assembled."""
 
-import os
-
 import dagster as dg
 
-from training_pipelines.defs.automation import (
-    DEFAULT_RETRAIN_HOUR_UTC,
-    build_daily_retrain_schedule,
-    daily_retrain_job,
-    late_ratings_sensor,
-)
-from training_pipelines.defs.environment import build_resources
+from training_pipelines.defs.automation import build_daily_retrain_schedule, daily_retrain_job, late_ratings_sensor
+from training_pipelines.defs.environment import build_resources, retrain_hour
 from training_pipelines.defs.ranking import production_model, ranking_model, ranking_model_evaluation
 from training_pipelines.defs.ratings import ratings_daily
 
 defs = dg.Definitions(
     assets=[ratings_daily, ranking_model, ranking_model_evaluation, production_model],
     jobs=[daily_retrain_job],
-    schedules=[build_daily_retrain_schedule(int(os.environ.get("RETRAIN_HOUR_UTC", DEFAULT_RETRAIN_HOUR_UTC)))],
+    schedules=[build_daily_retrain_schedule(retrain_hour())],
     sensors=[late_ratings_sensor],
     resources=build_resources(),
     executor=dg.in_process_executor,

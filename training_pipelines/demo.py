@@ -15,13 +15,28 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from training_pipelines.definitions import defs
+from resources.errors import InvalidRequestError
 from training_pipelines.defs.partitions import FIRST_DAY, LAST_DAY
-from training_pipelines.defs.ratings import ratings_daily
 
 DEFAULT_PARTITION = "1998-03-15"
-# INFO keeps the training progress and drops Dagster's per-event DEBUG lines from the terminal.
-CONSOLE_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# INFO keeps the training progress and drops Dagster's per-event DEBUG lines; the
+# history run, which stores about 180 days, only reports warnings.
+TRAINING_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+HISTORY_LOGGING = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _partition(value: str) -> dt.date:
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a day; use YYYY-MM-DD, such as {DEFAULT_PARTITION}"
+        ) from err
+    if not FIRST_DAY <= day < LAST_DAY:
+        raise argparse.ArgumentTypeError(
+            f"{day} is outside {FIRST_DAY}..{LAST_DAY - dt.timedelta(days=1)}, the days that have a next day"
+        )
+    return day
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> Mapping[str, dg.MetadataValue]:
@@ -34,73 +49,107 @@ def _value(metadata: Mapping[str, dg.MetadataValue], key: str) -> object:
     return None if entry is None else entry.value
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--partition", default=DEFAULT_PARTITION, help="UTC day to retrain, such as 1998-03-15")
-    args = parser.parse_args(argv)
+def _fmt(value: object, digits: int = 1) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
 
-    day = dt.date.fromisoformat(args.partition)
-    if not FIRST_DAY <= day < LAST_DAY:
-        parser.error(
-            f"--partition {day} is outside {FIRST_DAY}..{LAST_DAY - dt.timedelta(days=1)}, the days that have a next day"
-        )
-    if "DAGSTER_HOME" not in os.environ:
-        parser.error("DAGSTER_HOME is not set; run `make demo`, or export DAGSTER_HOME=$PWD/.dagster")
 
-    instance = dg.DagsterInstance.get()
-    job = defs.resolve_job_def("daily_retrain_job")
-    next_day = (day + dt.timedelta(days=1)).isoformat()
-    print(f"Storing ratings_daily for {FIRST_DAY}..{next_day} in one run", flush=True)
-    history = job.execute_in_process(
-        run_config=CONSOLE_LOGGING,
-        instance=instance,
-        asset_selection=[ratings_daily.key],
-        tags={
-            "dagster/asset_partition_range_start": FIRST_DAY.isoformat(),
-            "dagster/asset_partition_range_end": next_day,
-        },
-    )
-    history_rows = _value(_metadata(history, "ratings_daily"), "rows")
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    """Name the first failed step and its error message."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            error = event.step_failure_data.error
+            cause = error.cause if error.cause is not None and "dagster" in error.cls_name.lower() else error
+            return f"step {event.step_key} failed: {cause.message.strip()}"
+    return "the run failed before any step; see the log above"
 
-    print(f"Running daily_retrain_job for {day} on a local Ray cluster", flush=True)
-    result = job.execute_in_process(
-        run_config=CONSOLE_LOGGING, instance=instance, partition_key=day.isoformat(), raise_on_error=False
-    )
+
+def _print_summary(result: dg.ExecuteInProcessResult, *, day: dt.date, next_day: str, history_rows: object) -> None:
     model = _metadata(result, "ranking_model")
     evaluation = _metadata(result, "ranking_model_evaluation")
     production = _metadata(result, "production_model")
 
     print()
     print(f"Daily retrain of {day}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
+    if not result.success:
+        print(f"  {_failure(result)}")
     print(f"  events stored for {FIRST_DAY}..{next_day}: {history_rows}")
-    print(f"  training rows (window ending {day}): {_value(model, 'rows')}")
-    print(
-        f"  workers: {_value(model, 'workers')}, cluster start-up: {_fmt(_value(model, 'cluster_startup_s'))} s, "
-        f"training: {_fmt(_value(model, 'training_s'))} s"
-    )
-    print(f"  next-day metrics on {next_day} ({_value(evaluation, 'holdout_rows')} events):")
-    print(f"    {'':10} {'AUC':>7} {'log loss':>9} {'NDCG@10':>8} {'HR@10':>7}")
-    for name in ("model", "baseline", "champion"):
-        if _value(evaluation, f"{name}_auc") is None:
-            continue
+    if model:
+        print(f"  training rows (window ending {day}): {_value(model, 'rows')}")
         print(
-            f"    {name:10} {_fmt(_value(evaluation, f'{name}_auc'), 4):>7} "
-            f"{_fmt(_value(evaluation, f'{name}_log_loss'), 4):>9} "
-            f"{_fmt(_value(evaluation, f'{name}_ndcg_at_10'), 4):>8} "
-            f"{_fmt(_value(evaluation, f'{name}_hit_rate_at_10'), 4):>7}"
+            f"  workers: {_value(model, 'workers')}, cluster start-up: {_fmt(_value(model, 'cluster_startup_s'))} s, "
+            f"training: {_fmt(_value(model, 'training_s'))} s, warm start: {_value(model, 'warm_started')}"
         )
-    print(f"  model written to: {_value(model, 'model_uri')}")
+    if evaluation:
+        print(f"  next-day metrics on {next_day} ({_value(evaluation, 'holdout_rows')} events):")
+        print(f"    {'':10} {'AUC':>7} {'log loss':>9} {'NDCG@10':>8} {'HR@10':>7}")
+        for name in ("model", "baseline", "champion"):
+            if _value(evaluation, f"{name}_auc") is None:
+                continue
+            print(
+                f"    {name:10} {_fmt(_value(evaluation, f'{name}_auc'), 4):>7} "
+                f"{_fmt(_value(evaluation, f'{name}_log_loss'), 4):>9} "
+                f"{_fmt(_value(evaluation, f'{name}_ndcg_at_10'), 4):>8} "
+                f"{_fmt(_value(evaluation, f'{name}_hit_rate_at_10'), 4):>7}"
+            )
+    if model:
+        print(f"  model written to: {_value(model, 'model_uri')}")
     if production:
         promoted = _value(production, "promoted")
-        print(f"  production model: {'promoted' if promoted else 'kept'} ({_value(production, 'champion_partition')})")
-    else:
-        print("  production model: not promoted (the AUC check failed or a step failed)")
+        reason = _value(production, "reason")
+        print(
+            f"  production model: {'promoted' if promoted else 'kept'} ({_value(production, 'champion_partition')})"
+            + (f": {reason}" if reason else "")
+        )
+    elif evaluation:
+        print("  production model: not promoted (the AUC check failed)")
     print("  open the Dagster UI with `make ui` to see the run, its logs and metadata")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--partition", type=_partition, default=DEFAULT_PARTITION, help="UTC day to retrain")
+    args = parser.parse_args(argv)
+    if "DAGSTER_HOME" not in os.environ:
+        parser.error("DAGSTER_HOME is not set; run `make demo`, or export DAGSTER_HOME=$PWD/.dagster")
+
+    try:
+        # Loading the definitions reads the environment; bad settings fail here, before any run.
+        from training_pipelines.definitions import defs
+
+        defs.resources["ray_cluster"].cluster_spec()
+    except InvalidRequestError as err:
+        print(f"demo: invalid setting {err}", file=sys.stderr)
+        return 2
+
+    from training_pipelines.defs.ratings import ratings_daily
+
+    day: dt.date = args.partition
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def("daily_retrain_job")
+    next_day = (day + dt.timedelta(days=1)).isoformat()
+
+    print(f"Storing ratings_daily for {FIRST_DAY}..{next_day} in one run", flush=True)
+    history = job.execute_in_process(
+        run_config=HISTORY_LOGGING,
+        instance=instance,
+        asset_selection=[ratings_daily.key],
+        tags={
+            "dagster/asset_partition_range_start": FIRST_DAY.isoformat(),
+            "dagster/asset_partition_range_end": next_day,
+        },
+        raise_on_error=False,
+    )
+    if not history.success:
+        print(f"demo: storing the ratings history failed: {_failure(history)}", file=sys.stderr)
+        return 1
+    history_rows = _value(_metadata(history, "ratings_daily"), "rows")
+
+    print(f"Running daily_retrain_job for {day} on a local Ray cluster", flush=True)
+    result = job.execute_in_process(
+        run_config=TRAINING_LOGGING, instance=instance, partition_key=day.isoformat(), raise_on_error=False
+    )
+    _print_summary(result, day=day, next_day=next_day, history_rows=history_rows)
     return 0 if result.success else 1
-
-
-def _fmt(value: object, digits: int = 1) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
 
 
 if __name__ == "__main__":

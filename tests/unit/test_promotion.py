@@ -168,3 +168,29 @@ def test_missing_report_raises(storage: TrainingStorage) -> None:
         promote(storage)
 
     assert not storage.exists(CHAMPION_FILE)
+
+
+def test_backfill_keeps_newer_champion(tmp_path: Path) -> None:
+    storage = TrainingStorage(root=str(tmp_path))
+    storage.write_json(
+        {"partition": "1998-03-15", "model_path": ["ranking_model", "1998-03-15", "model.pt"], "auc": 0.60},
+        "production",
+        "champion.json",
+    )
+    before = (tmp_path / "production" / "champion.json").read_bytes()
+    storage.write_json(
+        {
+            "partition": "1998-01-10",
+            "holdout_day": "1998-01-11",
+            "model": {"auc": 0.70},
+            "baseline": {"auc": 0.65},
+            "champion": {"partition": "1998-03-15", "auc": 0.60},
+        },
+        "ranking_model_evaluation",
+        "1998-01-10.json",
+    )
+
+    result = production_model(dg.build_asset_context(partition_key="1998-01-10"), storage=storage)
+
+    assert result.metadata["promoted"].value is False
+    assert (tmp_path / "production" / "champion.json").read_bytes() == before

@@ -11,8 +11,6 @@ from training_pipelines.defs.partitions import daily_partitions, partition_day
 from training_pipelines.defs.ranking import production_model, ranking_model, ranking_model_evaluation
 from training_pipelines.defs.ratings import FINGERPRINT_KEY, RATINGS_FOLDER, ratings_daily, ratings_file
 
-# The UTC hour at which the schedule retrains on the previous day's partition.
-DEFAULT_RETRAIN_HOUR_UTC = 2
 LATE_RATINGS_INTERVAL_S = 300
 
 # The in-process executor runs every step of a run in one process, so the steps
@@ -26,7 +24,7 @@ daily_retrain_job = dg.define_asset_job(
 )
 
 
-def build_daily_retrain_schedule(hour_utc: int = DEFAULT_RETRAIN_HOUR_UTC) -> dg.ScheduleDefinition:
+def build_daily_retrain_schedule(hour_utc: int) -> dg.ScheduleDefinition:
     """Build the schedule that runs ``daily_retrain_job`` every day at ``hour_utc`` for the day before."""
     if not 0 <= hour_utc <= 23:
         raise ValueError(f"retrain hour {hour_utc} is not an hour of the day; use 0..23 (UTC)")

@@ -100,10 +100,14 @@ def ranking_model(
         column_renames=dict(ratings_source.column_renames),
     )
     request_uri = storage.write_bytes(request.to_json().encode(), MODEL_FOLDER, day.isoformat(), REQUEST_FILE)
-    context.log.info(
-        f"Training on {window_first}..{day} with {spec.workers} workers"
-        + (f", warm-starting from {previous}" if warm_start else ", from scratch")
-    )
+    if warm_start:
+        context.log.info(
+            f"Training on {window_first}..{day} with {spec.workers} workers, warm-starting from {previous}"
+        )
+    else:
+        context.log.warning(
+            f"Training on {window_first}..{day} from scratch: there is no model of {previous} to warm-start from"
+        )
 
     startup_s = ray_cluster.ensure_started(on_progress=context.log.info)
     outcome = ray_cluster.submit_job(
@@ -248,6 +252,8 @@ def ranking_model_evaluation(
 def production_model(context: dg.AssetExecutionContext, storage: TrainingStorage) -> dg.MaterializeResult:  # type: ignore[type-arg]
     """The champion model that serving reads; replaced only by a model that passed its checks and is not worse.
 
+    A model of an earlier day than the champion's (a backfill) never replaces it.
+
     Runs only after the blocking AUC check passed. The pointer is one small JSON file
     written atomically, so readers see either the old champion or the new one.
     """
@@ -260,6 +266,10 @@ def production_model(context: dg.AssetExecutionContext, storage: TrainingStorage
     reason = None
     if candidate_auc is None:
         reason = f"the model of {day} has no AUC on {report['holdout_day']}"
+    elif current is not None and current["partition"] > day:
+        reason = (
+            f"the champion from {current['partition']} was trained on later data, so a model of {day} never replaces it"
+        )
     elif (current and current["partition"]) != (champion and champion["partition"]):
         reason = (
             f"the champion changed to {current and current['partition']} after this evaluation; "

@@ -149,9 +149,7 @@ earlier events, shrunk towards 0 with ``USER_RESIDUAL_ALPHA``.
 PRIOR_LOGIT_COLUMN = "item_prior_logit"
 """Logit of the popularity baseline for the row, which the model adds as an offset."""
 
-FEATURE_COLUMNS: tuple[str, ...] = (
-    CATEGORICAL_COLUMNS + GENRE_FEATURE_COLUMNS + DENSE_COLUMNS + (PRIOR_LOGIT_COLUMN,)
-)
+FEATURE_COLUMNS: tuple[str, ...] = CATEGORICAL_COLUMNS + GENRE_FEATURE_COLUMNS + DENSE_COLUMNS + (PRIOR_LOGIT_COLUMN,)
 """Columns the model reads from an examples frame."""
 
 LABEL_COLUMN = "label"
@@ -273,9 +271,11 @@ def popularity_scores(
     positive = ratings >= POSITIVE_RATING
     global_rate = positive.mean() if len(ratings) else DEFAULT_GLOBAL_POSITIVE_RATE
 
-    per_item = pd.DataFrame({"item_id": history["item_id"].to_numpy(), "positive": positive}).groupby("item_id")[
-        "positive"
-    ].agg(["sum", "count"])
+    per_item = (
+        pd.DataFrame({"item_id": history["item_id"].to_numpy(), "positive": positive})
+        .groupby("item_id")["positive"]
+        .agg(["sum", "count"])
+    )
     position = per_item.index.get_indexer(np.asarray(item_ids))
     found = position >= 0
     positives = np.where(found, per_item["sum"].to_numpy(dtype=np.float64)[position], 0.0)

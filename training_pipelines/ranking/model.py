@@ -164,7 +164,16 @@ class RankingModel(nn.Module):
             logits = logits + (user_side * item_side).sum(dim=1)
 
         mlp_input = torch.cat(
-            [user_vector, item_vector, age_vector, gender_vector, occupation_vector, genre_vector, genres, batch["dense"]],
+            [
+                user_vector,
+                item_vector,
+                age_vector,
+                gender_vector,
+                occupation_vector,
+                genre_vector,
+                genres,
+                batch["dense"],
+            ],
             dim=1,
         )
         deep = self.mlp_output(self.mlp(mlp_input)).squeeze(1)
@@ -271,7 +280,9 @@ def predict_proba(model: RankingModel, examples: pd.DataFrame, *, batch_size: in
         with torch.no_grad():
             for start in range(0, len(examples), batch_size):
                 chunk = examples.iloc[start : start + batch_size]
-                batch = batch_to_tensors({name: chunk[name].to_numpy() for name in features.FEATURE_COLUMNS}, device=device)
+                batch = batch_to_tensors(
+                    {name: chunk[name].to_numpy() for name in features.FEATURE_COLUMNS}, device=device
+                )
                 outputs.append(torch.sigmoid(model(batch)).cpu().numpy().astype(np.float64))
     finally:
         model.train(was_training)

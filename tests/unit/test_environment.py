@@ -1,0 +1,50 @@
+"""Environment variables turn into resources, and bad values name the variable."""
+
+import pytest
+
+from resources.errors import InvalidRequestError
+from training_pipelines.defs.environment import build_resources, retrain_hour
+
+
+def test_defaults_need_no_variables() -> None:
+    resources = build_resources({})
+
+    assert resources["ray_cluster"].workers == 2  # type: ignore[attr-defined]
+    assert resources["storage"].root == ".data"  # type: ignore[attr-defined]
+
+
+def test_variables_set_cluster_fields() -> None:
+    resources = build_resources({"RAY_WORKERS": "3", "RAY_MEMORY_PER_WORKER": "1Gi", "TRAINING_STORAGE_ROOT": "/x"})
+
+    assert resources["ray_cluster"].workers == 3  # type: ignore[attr-defined]
+    assert resources["ray_cluster"].memory_per_worker == "1Gi"  # type: ignore[attr-defined]
+    assert resources["storage"].root == "/x"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RAY_WORKERS", "0"),
+        ("RAY_WORKERS", "two"),
+        ("RAY_CPUS_PER_WORKER", "-1"),
+        ("RAY_MEMORY_PER_WORKER", "lots"),
+        ("RAY_OBJECT_STORE_MEMORY", "1Ki"),
+        ("RAY_BACKEND", "k8s"),
+    ],
+)
+def test_invalid_variable_is_named(variable: str, value: str) -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        build_resources({variable: value})
+
+    assert raised.value.field == variable
+    assert value in str(raised.value)
+
+
+@pytest.mark.parametrize("value", ["abc", "24", "-1", ""])
+def test_invalid_retrain_hour_is_named(value: str) -> None:
+    with pytest.raises(InvalidRequestError, match="RETRAIN_HOUR_UTC"):
+        retrain_hour({"RETRAIN_HOUR_UTC": value})
+
+
+def test_retrain_hour_defaults_to_two() -> None:
+    assert retrain_hour({}) == 2
