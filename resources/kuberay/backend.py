@@ -1,0 +1,131 @@
+"""The ``kuberay`` backend: one RayCluster per run, created from a vetted template and deleted at the end."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kubernetes import client, config
+
+from resources.kuberay.lifecycle import (
+    DEFAULT_DASHBOARD_URL_TEMPLATE,
+    READY_TIMEOUT_S,
+    ClusterConflictError,
+    RayClusterClient,
+)
+from resources.kuberay.manifest import RUN_ID_KEY, ClusterRequest, RunContext, render_raycluster
+from resources.kuberay.naming import label_value
+from resources.kuberay.policy import Policy
+
+logger = logging.getLogger(__name__)
+
+
+def kubernetes_api_client(
+    *, api_url: str | None = None, kubeconfig: str | None = None, context: str | None = None
+) -> client.ApiClient:
+    """Build an API client: ``api_url`` (an API proxy, such as ``kubectl proxy``), a kubeconfig and context, or in-cluster.
+
+    With none of them set, the in-cluster service account is used when the process runs
+    in a pod, and the default kubeconfig otherwise.
+    """
+    if api_url:
+        configuration = client.Configuration()
+        configuration.host = api_url
+        return client.ApiClient(configuration)
+    if kubeconfig or context:
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+@dataclass(frozen=True)
+class KubeRayClusterInfo:
+    """Addresses of a ready RayCluster."""
+
+    name: str
+    namespace: str
+    dashboard_url: str
+    startup_s: float
+
+
+class KubeRayCluster:
+    """A RayCluster owned by the object that created it; :meth:`stop` deletes it."""
+
+    def __init__(
+        self,
+        *,
+        api_client: client.ApiClient,
+        request: ClusterRequest,
+        context: RunContext,
+        policy: Policy,
+        dashboard_url_template: str = DEFAULT_DASHBOARD_URL_TEMPLATE,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+        on_progress: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # Rendering first: a request that breaks policy raises before any API call.
+        self.manifest = render_raycluster(request=request, context=context, policy=policy)
+        self.name: str = self.manifest["metadata"]["name"]
+        self._run_id = context.run_id
+        self._clusters = RayClusterClient(
+            custom_api=client.CustomObjectsApi(api_client),
+            core_api=client.CoreV1Api(api_client),
+            namespace=context.namespace,
+            dashboard_url_template=dashboard_url_template,
+            clock=clock,
+        )
+        self._ready_timeout_s = ready_timeout_s
+        self._on_progress = on_progress or (lambda message: logger.info("%s", message))
+        self._clock = clock
+        self._created = False
+        self.info: KubeRayClusterInfo | None = None
+
+    def start(self) -> KubeRayClusterInfo:
+        """Create the RayCluster and wait until it is ready; delete it again if that fails.
+
+        Raises:
+            ClusterConflictError: a cluster of this name belongs to another run.
+            ClusterStartError: the cluster did not become ready, with the pods' reason.
+        """
+        started_at = self._clock()
+        owner_labels = {RUN_ID_KEY: label_value(self._run_id)}
+        self._on_progress(f"Creating RayCluster {self._clusters.namespace}/{self.name}")
+        try:
+            self._clusters.create(self.manifest, owner_labels=owner_labels)
+        except ClusterConflictError:
+            raise
+        except BaseException:
+            # Interrupted or failed while creating: the object may exist although no answer came.
+            existing = self._clusters.get(self.name)
+            labels = ((existing or {}).get("metadata") or {}).get("labels") or {}
+            if existing is not None and all(labels.get(key) == value for key, value in owner_labels.items()):
+                self._clusters.delete(self.name)
+            raise
+        self._created = True
+
+        try:
+            ready = self._clusters.wait_until_ready(
+                self.name, timeout_s=self._ready_timeout_s, on_progress=self._on_progress
+            )
+        except BaseException:
+            self.stop()
+            raise
+        self.info = KubeRayClusterInfo(
+            name=self.name,
+            namespace=self._clusters.namespace,
+            dashboard_url=ready.dashboard_url,
+            startup_s=self._clock() - started_at,
+        )
+        return self.info
+
+    def stop(self) -> None:
+        """Delete the RayCluster if this object created it; safe to call twice."""
+        if self._created:
+            self._clusters.delete(self.name)
+            self._created = False
+        self.info = None

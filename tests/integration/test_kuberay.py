@@ -1,0 +1,78 @@
+"""The kuberay backend end to end against the Kubernetes API stand-in and the stand-in operator."""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from resources.kuberay.manifest import RUN_ID_KEY
+from resources.kuberay.naming import label_value
+from resources.kuberay.schema import validate_manifest
+from tests.integration.conftest import materialize_history
+from tests.integration.kuberay_fixtures import NAMESPACE, KubeEnvironment, kube, kuberay_cluster, kuberay_resources
+from tests.kube_standin import RAYCLUSTERS
+from training_pipelines.definitions import defs
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["kube"]
+
+
+def _raycluster_creates(kube: KubeEnvironment) -> list[dict]:
+    return [
+        request.body
+        for request in kube.standin.requests
+        if request.method == "POST" and request.path.endswith("/rayclusters")
+    ]
+
+
+def test_partition_trains_on_kuberay(storage_root: Path, kube: KubeEnvironment, no_leaked_ray_processes: None) -> None:
+    resources = kuberay_resources(storage_root, kube)
+    materialize_history(resources, first="1997-09-20", last="1997-10-21")
+    instance = dg.DagsterInstance.ephemeral()
+
+    result = defs.resolve_job_def("daily_retrain_job").execute_in_process(
+        partition_key="1997-10-20", instance=instance, resources=resources, raise_on_error=False
+    )
+
+    assert result.success
+    creates = _raycluster_creates(kube)
+    assert len(creates) == 1
+    manifest = creates[0]
+    assert validate_manifest(manifest) == []
+    labels = manifest["metadata"]["labels"]
+    assert labels[RUN_ID_KEY] == label_value(result.run_id)
+    assert labels["dagster/partition"] == "1997-10-20"
+    assert kube.standin.store.objects(RAYCLUSTERS) == [], "the RayCluster was not deleted"
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("Epoch 2/2" in message for message in logs)
+    assert any("HeadPodReady" in message for message in logs)
+
+
+def test_missing_image_fails_fast(kube: KubeEnvironment, no_leaked_ray_processes: None) -> None:
+    cluster = kuberay_cluster(kube, image="rayproject/ray:does-not-exist")
+
+    @dg.asset
+    def needs_ray(ray_cluster: dg.ResourceParam[object]) -> None:
+        ray_cluster.ensure_started()  # type: ignore[attr-defined]
+
+    result = dg.materialize([needs_ray], resources={"ray_cluster": cluster}, raise_on_error=False)
+
+    assert not result.success
+    message = result.failure_data_for_node("needs_ray").error.to_string()  # type: ignore[union-attr]
+    assert "rayproject/ray:does-not-exist" in message
+    assert "ImagePullBackOff" in message
+    assert kube.standin.store.objects(RAYCLUSTERS) == []
+
+
+def test_policy_violation_creates_nothing(kube: KubeEnvironment) -> None:
+    cluster = kuberay_cluster(kube, image="registry.example.com/ray:latest")
+
+    @dg.asset
+    def needs_ray(ray_cluster: dg.ResourceParam[object]) -> None:
+        ray_cluster.ensure_started()  # type: ignore[attr-defined]
+
+    result = dg.materialize([needs_ray], resources={"ray_cluster": cluster}, raise_on_error=False)
+
+    assert not result.success
+    assert _raycluster_creates(kube) == []
