@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kubernetes import client, config
 
@@ -15,7 +18,7 @@ from resources.kuberay.lifecycle import (
     ClusterConflictError,
     RayClusterClient,
 )
-from resources.kuberay.manifest import RUN_ID_KEY, ClusterRequest, RunContext, render_raycluster
+from resources.kuberay.manifest import RUN_ID_KEY, ClusterRequest, OwnerJob, RunContext, render_raycluster
 from resources.kuberay.naming import label_value
 from resources.kuberay.policy import Policy
 
@@ -43,6 +46,41 @@ def kubernetes_api_client(
         return config.new_client_from_config()
 
 
+SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def find_owner_job(core_api: client.CoreV1Api, *, namespace: str) -> OwnerJob | None:
+    """Find the Kubernetes Job this process runs in, so the RayCluster can name it as its owner.
+
+    Returns ``None`` outside Kubernetes, when the pod has no Job owner (a code server
+    or a local run), or when the pod runs in another namespace than the RayCluster,
+    because an owner must be in the same namespace.
+    """
+    pod_name = os.environ.get("HOSTNAME")
+    if not os.environ.get("KUBERNETES_SERVICE_HOST") or not pod_name:
+        return None
+    try:
+        pod_namespace = SERVICE_ACCOUNT_NAMESPACE_FILE.read_text().strip()
+    except OSError:
+        return None
+    if pod_namespace != namespace:
+        logger.warning(
+            "The run's pod is in namespace %s and the RayCluster in %s, so the cluster has no owner Job",
+            pod_namespace,
+            namespace,
+        )
+        return None
+    try:
+        pod = core_api.read_namespaced_pod(pod_name, pod_namespace)
+    except client.ApiException as error:
+        logger.warning("Could not read pod %s/%s to find its Job: HTTP %s", pod_namespace, pod_name, error.status)
+        return None
+    for reference in pod.metadata.owner_references or []:
+        if reference.kind == "Job":
+            return OwnerJob(name=reference.name, uid=reference.uid)
+    return None
+
+
 @dataclass(frozen=True)
 class KubeRayClusterInfo:
     """Addresses of a ready RayCluster."""
@@ -68,7 +106,11 @@ class KubeRayCluster:
         on_progress: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        # Rendering first: a request that breaks policy raises before any API call.
+        if context.owner_job is None:
+            owner_job = find_owner_job(client.CoreV1Api(api_client), namespace=context.namespace)
+            if owner_job is not None:
+                context = dataclasses.replace(context, owner_job=owner_job)
+        # A request that breaks policy raises here, before any call that changes the cluster.
         self.manifest = render_raycluster(request=request, context=context, policy=policy)
         self.name: str = self.manifest["metadata"]["name"]
         self._run_id = context.run_id

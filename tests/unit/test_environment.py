@@ -26,6 +26,7 @@ def test_variables_set_cluster_fields() -> None:
     [
         ("RAY_WORKERS", "0"),
         ("RAY_WORKERS", "two"),
+        ("KUBERAY_TEMPLATE", "tpu"),
         ("RAY_CPUS_PER_WORKER", "-1"),
         ("RAY_MEMORY_PER_WORKER", "lots"),
         ("RAY_OBJECT_STORE_MEMORY", "1Ki"),
@@ -33,8 +34,12 @@ def test_variables_set_cluster_fields() -> None:
     ],
 )
 def test_invalid_variable_is_named(variable: str, value: str) -> None:
+    environ = {variable: value}
+    if variable.startswith("KUBERAY_"):
+        environ["RAY_BACKEND"] = "kuberay"
+
     with pytest.raises(InvalidRequestError) as raised:
-        build_resources({variable: value})
+        build_resources(environ)
 
     assert raised.value.field == variable
     assert value in str(raised.value)

@@ -20,13 +20,25 @@ from training_pipelines.defs.settings import RankingSettings
 DEFAULT_STORAGE_ROOT = ".data"
 
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "kuberay")
 CLUSTER_VARIABLES = {
     "RAY_WORKERS": ("workers", int),
     "RAY_CPUS_PER_WORKER": ("cpus_per_worker", int),
     "RAY_GPUS_PER_WORKER": ("gpus_per_worker", int),
     "RAY_MEMORY_PER_WORKER": ("memory_per_worker", str),
     "RAY_OBJECT_STORE_MEMORY": ("object_store_memory", str),
+    "RAY_HEAD_MEMORY": ("head_memory", str),
+    "KUBERAY_NAMESPACE": ("namespace", str),
+    "KUBERAY_TEMPLATE": ("template", str),
+    "KUBERAY_IMAGE": ("image", str),
+    "KUBERAY_GPU_TYPE": ("gpu_type", str),
+    "KUBERAY_TEAM": ("team", str),
+    "KUBERAY_POLICY_FILE": ("policy_file", str),
+    "KUBERAY_DASHBOARD_URL_TEMPLATE": ("dashboard_url_template", str),
+    "KUBE_API_URL": ("kube_api_url", str),
+    "KUBE_CONTEXT": ("kube_context", str),
+    "DAGSTER_UI_URL": ("dagster_url", str),
+    "RAY_MAX_CLUSTER_AGE_HOURS": ("max_cluster_age_hours", float),
 }
 DEFAULT_RETRAIN_HOUR_UTC = 2
 
@@ -55,12 +67,12 @@ def _cluster_resource(env: Mapping[str, str]) -> RayClusterResource:
         if variable not in env:
             continue
         variable_of_field[field] = variable
-        if kind is int:
+        if kind in (int, float):
             try:
-                settings[field] = int(env[variable])
+                settings[field] = kind(env[variable])
             except ValueError as err:
                 raise InvalidRequestError(
-                    variable, f"{env[variable]!r} is not a whole number", "Set it to a number such as 2."
+                    variable, f"{env[variable]!r} is not a number", "Set it to a number such as 2."
                 ) from err
         else:
             settings[field] = env[variable]
@@ -69,6 +81,8 @@ def _cluster_resource(env: Mapping[str, str]) -> RayClusterResource:
     try:
         # The machine's memory is checked when a run starts, on the machine that runs it.
         resource.cluster_spec(check_machine=False)
+        if backend == "kuberay":
+            resource.cluster_request()
     except InvalidRequestError as err:
         variable = variable_of_field.get(err.field)
         if variable is None:

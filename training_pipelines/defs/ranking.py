@@ -3,7 +3,6 @@
 import datetime as dt
 import math
 import shlex
-import sys
 
 import dagster as dg
 import numpy as np
@@ -111,7 +110,8 @@ def ranking_model(
 
     startup_s = ray_cluster.ensure_started(on_progress=context.log.info)
     outcome = ray_cluster.submit_job(
-        entrypoint=f"{shlex.quote(sys.executable)} -m training_pipelines.training.ray_job {shlex.quote(request_uri)}",
+        # The job runs the cluster's own `python`: the image's on KubeRay, this environment's locally.
+        entrypoint=f"python -m training_pipelines.training.ray_job {shlex.quote(request_uri)}",
         job_name=f"train-{day.isoformat()}",
         on_log_line=context.log.info,
     )
