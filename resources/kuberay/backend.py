@@ -142,7 +142,7 @@ class KubeRayCluster:
         except ClusterConflictError:
             raise
         except BaseException:
-            # Interrupted or failed while creating: the object may exist although no answer came.
+            # Interrupted or failed while creating: the object may exist although no response arrived.
             existing = self._clusters.get(self.name)
             labels = ((existing or {}).get("metadata") or {}).get("labels") or {}
             if existing is not None and all(labels.get(key) == value for key, value in owner_labels.items()):

@@ -55,7 +55,7 @@ class ClusterConflictError(PlatformError):
 
 @dataclass(frozen=True)
 class ReadyCluster:
-    """A RayCluster whose head pod is ready and whose dashboard answers."""
+    """A RayCluster whose head pod is ready and whose dashboard responds."""
 
     name: str
     namespace: str
