@@ -164,7 +164,7 @@ class RayClusterClient:
         """Create the RayCluster, or adopt an existing one that carries all of ``owner_labels``.
 
         A 409 after a retried create is the normal case for adoption: the first attempt
-        reached the server although its answer was lost.
+        reached the server although its response was lost.
 
         Raises:
             ClusterConflictError: a cluster of that name exists without this run's labels.
@@ -208,7 +208,7 @@ class RayClusterClient:
         timeout_s: float = READY_TIMEOUT_S,
         on_progress: Callable[[str], None] | None = None,
     ) -> ReadyCluster:
-        """Wait until the head pod is ready and the dashboard answers, failing fast on a pod's real reason.
+        """Wait until the head pod is ready and the dashboard responds, failing fast on a pod's real reason.
 
         The wait follows a watch on the RayCluster; between watch events it reads the
         cluster's pods, so an image pull error, an unschedulable pod or a crash-looping

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# 429: the API server's priority and fairness or a proxy throttled us; it says when to retry.
+# 429: the API server's priority and fairness or a proxy throttled us. Retry-After gives the wait.
 # 500: the API server failed internally, often while its etcd leader changes.
 # 502, 503, 504: a load balancer or the API server is restarting or overloaded.
 TRANSIENT_STATUS_CODES = frozenset({429, 500, 502, 503, 504})
@@ -22,8 +22,8 @@ MAX_ATTEMPTS = 6
 BASE_DELAY_S = 0.2
 MAX_DELAY_S = 5.0
 
-# A reset or timed-out connection never reached a decision on the server, so trying
-# again is safe for reads and deletes; a create retried this way can answer 409, which
+# After a reset or timed-out connection the server may or may not have acted. Trying
+# again is safe for reads and deletes. A create retried this way can return 409, which
 # the caller treats as its own object when the labels match.
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.ProtocolError,
