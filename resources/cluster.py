@@ -80,6 +80,12 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         default="http://{name}-head-svc.{namespace}.svc.cluster.local:8265",
         description="URL of a cluster's dashboard; placeholders {name}, {namespace}, {service_ip}, {dashboard_port}.",
     )
+    port_forward: bool = Field(
+        default=False,
+        description="Reach the dashboard through a port-forward opened with the Kubernetes client, for laptops.",
+    )
+    min_workers: int | None = Field(default=None, description="Lower bound of an autoscaling worker group.")
+    max_workers: int | None = Field(default=None, description="Upper bound of an autoscaling worker group.")
     dagster_url: str = Field(default="http://127.0.0.1:3000", description="Base URL of the Dagster UI, for run links.")
     code_location: str = Field(default="training_pipelines", description="Code location label of the RayCluster.")
     max_cluster_age_hours: float = Field(
@@ -123,6 +129,8 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         request = ClusterRequest(
             template=self.template,
             workers=spec.workers,
+            min_workers=self.min_workers,
+            max_workers=self.max_workers,
             cpus_per_worker=spec.cpus_per_worker,
             memory_per_worker=spec.memory_per_worker,
             gpus_per_worker=spec.gpus_per_worker,
@@ -200,6 +208,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
                 policy=self._policy(),
                 dashboard_url_template=self.dashboard_url_template,
                 ready_timeout_s=self.start_timeout_s,
+                port_forward=self.port_forward,
                 on_progress=on_progress,
             )
             self._cluster = kube_cluster

@@ -12,12 +12,18 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+from resources.errors import ClusterStartError
 from resources.kuberay.lifecycle import (
+    CLUSTER_LABEL,
     DEFAULT_DASHBOARD_URL_TEMPLATE,
     READY_TIMEOUT_S,
     ClusterConflictError,
     RayClusterClient,
+    probe_dashboard,
 )
+from resources.kuberay.port_forward import PodConnector, PortForward, kubernetes_connector
+
+DASHBOARD_PORT = 8265
 from resources.kuberay.manifest import RUN_ID_KEY, ClusterRequest, OwnerJob, RunContext, render_raycluster
 from resources.kuberay.naming import label_value
 from resources.kuberay.policy import Policy
@@ -103,8 +109,11 @@ class KubeRayCluster:
         policy: Policy,
         dashboard_url_template: str = DEFAULT_DASHBOARD_URL_TEMPLATE,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        port_forward: bool = False,
+        connector_factory: Callable[..., PodConnector] = kubernetes_connector,
         on_progress: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if context.owner_job is None:
             owner_job = find_owner_job(client.CoreV1Api(api_client), namespace=context.namespace)
@@ -114,13 +123,21 @@ class KubeRayCluster:
         self.manifest = render_raycluster(request=request, context=context, policy=policy)
         self.name: str = self.manifest["metadata"]["name"]
         self._run_id = context.run_id
+        self._core_api = client.CoreV1Api(api_client)
         self._clusters = RayClusterClient(
             custom_api=client.CustomObjectsApi(api_client),
-            core_api=client.CoreV1Api(api_client),
+            core_api=self._core_api,
             namespace=context.namespace,
             dashboard_url_template=dashboard_url_template,
+            # With a port-forward the dashboard is probed through it once the head pod is ready.
+            **({"probe_dashboard": lambda url: True} if port_forward else {}),
             clock=clock,
+            sleep=sleep,
         )
+        self._port_forward = port_forward
+        self._connector_factory = connector_factory
+        self._forward: PortForward | None = None
+        self._sleep = sleep
         self._ready_timeout_s = ready_timeout_s
         self._on_progress = on_progress or (lambda message: logger.info("%s", message))
         self._clock = clock
@@ -154,19 +171,43 @@ class KubeRayCluster:
             ready = self._clusters.wait_until_ready(
                 self.name, timeout_s=self._ready_timeout_s, on_progress=self._on_progress
             )
+            url = self._open_port_forward(deadline=started_at + self._ready_timeout_s) if self._port_forward else None
         except BaseException:
             self.stop()
             raise
         self.info = KubeRayClusterInfo(
             name=self.name,
             namespace=self._clusters.namespace,
-            dashboard_url=ready.dashboard_url,
+            dashboard_url=url or ready.dashboard_url,
             startup_s=self._clock() - started_at,
         )
         return self.info
 
+    def _open_port_forward(self, *, deadline: float) -> str:
+        namespace = self._clusters.namespace
+        pods = self._core_api.list_namespaced_pod(
+            namespace, label_selector=f"{CLUSTER_LABEL}={self.name},ray.io/node-type=head"
+        ).items
+        if not pods:
+            raise ClusterStartError(
+                f"{namespace}/{self.name}", "the cluster is ready but has no head pod to forward to"
+            )
+        head = pods[0].metadata.name
+        connect = self._connector_factory(self._core_api, namespace=namespace, pod=head, port=DASHBOARD_PORT)
+        self._forward = PortForward(connect, description=f"pod {namespace}/{head}:{DASHBOARD_PORT}").start()
+        url = self._forward.local_url
+        while not probe_dashboard(url):
+            if self._clock() > deadline:
+                raise ClusterStartError(f"{namespace}/{self.name}", f"the dashboard did not respond through {url}")
+            self._sleep(0.5)
+        self._on_progress(f"Forwarding {url} to the dashboard of pod {namespace}/{head}")
+        return url
+
     def stop(self) -> None:
         """Delete the RayCluster if this object created it; safe to call twice."""
+        if self._forward is not None:
+            self._forward.stop()
+            self._forward = None
         if self._created:
             self._clusters.delete(self.name)
             self._created = False

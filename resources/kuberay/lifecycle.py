@@ -113,7 +113,8 @@ def diagnose_pods(pods: list[client.V1Pod]) -> tuple[str, client.V1Pod] | None:
     return None
 
 
-def _probe_dashboard(url: str) -> bool:
+def probe_dashboard(url: str) -> bool:
+    """Tell whether the Ray dashboard at ``url`` answers its version endpoint."""
     try:
         with urllib.request.urlopen(f"{url}/api/version", timeout=DASHBOARD_PROBE_TIMEOUT_S) as response:
             return bool(response.status == 200)
@@ -131,7 +132,7 @@ class RayClusterClient:
         core_api: client.CoreV1Api,
         namespace: str,
         dashboard_url_template: str = DEFAULT_DASHBOARD_URL_TEMPLATE,
-        probe_dashboard: Callable[[str], bool] = _probe_dashboard,
+        probe_dashboard: Callable[[str], bool] = probe_dashboard,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

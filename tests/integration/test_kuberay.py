@@ -1,12 +1,17 @@
 """The kuberay backend end to end against the Kubernetes API stand-in and the stand-in operator."""
 
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from resources.kuberay.manifest import RUN_ID_KEY
+from resources.kuberay.backend import KubeRayCluster
+from resources.kuberay.lifecycle import probe_dashboard
+from resources.kuberay.manifest import RUN_ID_KEY, RunContext
 from resources.kuberay.naming import label_value
+from resources.kuberay.policy import load_policy
 from resources.kuberay.schema import validate_manifest
 from tests.integration.conftest import materialize_history
 from tests.integration.kuberay_fixtures import NAMESPACE, KubeEnvironment, kube, kuberay_cluster, kuberay_resources
@@ -76,3 +81,35 @@ def test_policy_violation_creates_nothing(kube: KubeEnvironment) -> None:
 
     assert not result.success
     assert _raycluster_creates(kube) == []
+
+
+def test_port_forward_reaches_dashboard(kube: KubeEnvironment, no_leaked_ray_processes: None) -> None:
+    def direct_connector(core_api: object, *, namespace: str, pod: str, port: int) -> Callable[[], socket.socket]:
+        # The stand-in serves no portforward protocol; connect straight to the head's dashboard.
+        status = kube.standin.store.objects(RAYCLUSTERS)[0]["status"]
+        return lambda: socket.create_connection(("127.0.0.1", int(status["endpoints"]["dashboard"])))
+
+    resource = kuberay_cluster(kube, port_forward=True)
+    cluster = KubeRayCluster(
+        api_client=kube.standin.api_client(),
+        request=resource.cluster_request(),
+        context=RunContext(
+            run_id="port-forward-run",
+            job_name="manual",
+            namespace=NAMESPACE,
+            code_location="training_pipelines",
+            owner="tests",
+            run_url="http://127.0.0.1:3000/runs/port-forward-run",
+        ),
+        policy=load_policy(),
+        port_forward=True,
+        connector_factory=direct_connector,
+    )
+    try:
+        info = cluster.start()
+
+        assert info.dashboard_url.startswith("http://127.0.0.1:")
+        assert probe_dashboard(info.dashboard_url)
+    finally:
+        cluster.stop()
+    assert kube.standin.store.objects(RAYCLUSTERS) == []

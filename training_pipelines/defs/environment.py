@@ -39,6 +39,7 @@ CLUSTER_VARIABLES = {
     "KUBE_CONTEXT": ("kube_context", str),
     "DAGSTER_UI_URL": ("dagster_url", str),
     "RAY_MAX_CLUSTER_AGE_HOURS": ("max_cluster_age_hours", float),
+    "KUBERAY_PORT_FORWARD": ("port_forward", bool),
 }
 DEFAULT_RETRAIN_HOUR_UTC = 2
 
@@ -67,7 +68,11 @@ def _cluster_resource(env: Mapping[str, str]) -> RayClusterResource:
         if variable not in env:
             continue
         variable_of_field[field] = variable
-        if kind in (int, float):
+        if kind is bool:
+            if env[variable].lower() not in ("true", "false", "1", "0"):
+                raise InvalidRequestError(variable, f"{env[variable]!r} is not a boolean", "Set it to true or false.")
+            settings[field] = env[variable].lower() in ("true", "1")
+        elif kind in (int, float):
             try:
                 settings[field] = kind(env[variable])
             except ValueError as err:
