@@ -37,19 +37,22 @@ def kubernetes_api_client(
     """Build an API client: ``api_url`` (an API proxy, such as ``kubectl proxy``), a kubeconfig and context, or in-cluster.
 
     With none of them set, the in-cluster service account is used when the process runs
-    in a pod, and the default kubeconfig otherwise.
+    in a pod, and the default kubeconfig otherwise. urllib3's own retries are off, so
+    that ``resources.kuberay.retry`` alone decides which failures are retried and how long
+    to wait.
     """
+    configuration = client.Configuration()
     if api_url:
-        configuration = client.Configuration()
         configuration.host = api_url
-        return client.ApiClient(configuration)
-    if kubeconfig or context:
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
+    elif kubeconfig or context:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    configuration.retries = False
+    return client.ApiClient(configuration)
 
 
 SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
