@@ -48,6 +48,7 @@ def test_partition_trains_on_kuberay(storage_root: Path, kube: KubeEnvironment, 
     labels = manifest["metadata"]["labels"]
     assert labels[RUN_ID_KEY] == label_value(result.run_id)
     assert labels["dagster/partition"] == "1997-10-20"
+    assert labels["dagster/asset"] == "ranking_model"
     assert kube.standin.store.objects(RAYCLUSTERS) == [], "the RayCluster was not deleted"
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("Epoch 2/2" in message for message in logs)
@@ -70,8 +71,16 @@ def test_missing_image_fails_fast(kube: KubeEnvironment, no_leaked_ray_processes
     assert kube.standin.store.objects(RAYCLUSTERS) == []
 
 
-def test_policy_violation_creates_nothing(kube: KubeEnvironment) -> None:
-    cluster = kuberay_cluster(kube, image="registry.example.com/ray:latest")
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"image": "registry.example.com/ray:2.60.0"}, "image"),
+        ({"template": "gpu", "gpu_type": "t4", "gpus_per_worker": 8, "workers": 4}, "gpu"),
+        ({"template": "gpu", "gpus_per_worker": 1}, "gpu_type"),
+    ],
+)
+def test_policy_violation_creates_nothing(kube: KubeEnvironment, overrides: dict[str, object], field: str) -> None:
+    cluster = kuberay_cluster(kube, **overrides)
 
     @dg.asset
     def needs_ray(ray_cluster: dg.ResourceParam[object]) -> None:
@@ -80,6 +89,8 @@ def test_policy_violation_creates_nothing(kube: KubeEnvironment) -> None:
     result = dg.materialize([needs_ray], resources={"ray_cluster": cluster}, raise_on_error=False)
 
     assert not result.success
+    failures = [event for event in result.all_events if event.is_failure]
+    assert field in str(failures[0].event_specific_data).lower()
     assert _raycluster_creates(kube) == []
 
 

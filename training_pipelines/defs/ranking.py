@@ -108,7 +108,7 @@ def ranking_model(
             f"Training on {window_first}..{day} from scratch: there is no model of {previous} to warm-start from"
         )
 
-    startup_s = ray_cluster.ensure_started(on_progress=context.log.info)
+    startup_s = ray_cluster.ensure_started(on_progress=context.log.info, asset=context.asset_key.to_user_string())
     outcome = ray_cluster.submit_job(
         # The job runs the cluster's own `python`: the image's on KubeRay, this environment's locally.
         entrypoint=f"python -m training_pipelines.training.ray_job {shlex.quote(request_uri)}",
