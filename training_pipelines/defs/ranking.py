@@ -3,6 +3,7 @@
 import datetime as dt
 import math
 import shlex
+from collections.abc import Callable
 
 import dagster as dg
 import numpy as np
@@ -16,7 +17,7 @@ from training_pipelines.defs.partitions import FIRST_DAY, LAST_DAY, daily_partit
 from training_pipelines.defs.ratings import RATINGS_FOLDER, ratings_daily, ratings_file
 from training_pipelines.defs.settings import RankingSettings
 from training_pipelines.ranking.features import LABEL_COLUMN, build_examples, popularity_scores
-from training_pipelines.ranking.metrics import evaluate
+from training_pipelines.ranking.metrics import evaluate, hit_rate_at_k, ndcg_at_k
 from training_pipelines.ranking.model import model_from_bytes, predict_proba
 from training_pipelines.training.request import MODEL_FILE, REQUEST_FILE, RESULT_FILE, TrainingRequest
 
@@ -144,6 +145,42 @@ def _score_model(storage: TrainingStorage, model_uri_parts: tuple[str, ...], exa
     return predict_proba(model, examples)
 
 
+def catalogue_candidates(history: pd.DataFrame, next_events: pd.DataFrame, item_ids: np.ndarray) -> pd.DataFrame:
+    """Pair each user of the next day with every item they had not rated before, as events of that day.
+
+    Pairs the user rated on the next day keep their rating; the others get rating 0, so
+    their label is negative. Timestamps are those of the next day's first event.
+    """
+    if next_events.empty:
+        return next_events.copy()
+    users = next_events["user_id"].unique()
+    grid = pd.DataFrame({"user_id": np.repeat(users, len(item_ids)), "item_id": np.tile(item_ids, len(users))}).astype(
+        "int64"
+    )
+    seen = history[["user_id", "item_id"]].drop_duplicates().assign(seen=True)
+    grid = grid.merge(seen, on=["user_id", "item_id"], how="left")
+    grid = grid[grid["seen"].isna()].drop(columns="seen")
+    rated = next_events[["user_id", "item_id", "rating", "timestamp"]].drop_duplicates(["user_id", "item_id"])
+    grid = grid.merge(rated, on=["user_id", "item_id"], how="left")
+    grid["rating"] = grid["rating"].fillna(0.0)
+    grid["timestamp"] = grid["timestamp"].fillna(next_events["timestamp"].min()).astype("int64")
+    return grid.reset_index(drop=True)
+
+
+def _holdout_metrics(
+    score: Callable[[pd.DataFrame], np.ndarray], examples: pd.DataFrame, candidates: pd.DataFrame
+) -> dict[str, float]:
+    if examples.empty:
+        return evaluate(np.array([]), np.array([]), np.array([]))
+    metrics = evaluate(examples[LABEL_COLUMN].to_numpy(), score(examples), examples["user_id"].to_numpy())
+    candidate_scores = score(candidates)
+    candidate_labels = candidates[LABEL_COLUMN].to_numpy()
+    candidate_users = candidates["user_id"].to_numpy()
+    metrics["ndcg_at_10"] = ndcg_at_k(candidate_users, candidate_labels, candidate_scores, k=10)
+    metrics["hit_rate_at_10"] = hit_rate_at_k(candidate_users, candidate_labels, candidate_scores, k=10)
+    return metrics
+
+
 def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
@@ -181,25 +218,28 @@ def ranking_model_evaluation(
         )
     _stored_days(storage, days_between(FIRST_DAY, next_day))
     history = _read_days(storage, days_between(FIRST_DAY, day))
-    holdout_history = _read_days(storage, days_between(FIRST_DAY, next_day))
-    examples = build_examples(
-        holdout_history, ratings_source.read_users(), ratings_source.read_items(), days=[next_day]
+    next_events = _read_days(storage, [next_day])
+    users_table, items_table = ratings_source.read_users(), ratings_source.read_items()
+    # AUC and log loss score the events of the next day; NDCG@10 and HitRate@10 rank, for
+    # each user of that day, every item of the catalogue the user had not rated before.
+    examples = build_examples(pd.concat([history, next_events]), users_table, items_table, days=[next_day])
+    candidates = build_examples(
+        pd.concat([history, catalogue_candidates(history, next_events, items_table["item_id"].to_numpy())]),
+        users_table,
+        items_table,
+        days=[next_day],
     )
 
-    labels = examples[LABEL_COLUMN].to_numpy()
-    users = examples["user_id"].to_numpy()
-    model_scores = (
-        _score_model(storage, (MODEL_FOLDER, day.isoformat(), MODEL_FILE), examples) if len(examples) else np.array([])
-    )
-    baseline_scores = popularity_scores(history, examples["item_id"].to_numpy())
-    model_metrics = evaluate(labels, model_scores, users)
-    baseline_metrics = evaluate(labels, baseline_scores, users)
-
-    champion_metrics = None
+    scorers = {
+        "model": lambda frame: _score_model(storage, (MODEL_FOLDER, day.isoformat(), MODEL_FILE), frame),
+        "baseline": lambda frame: popularity_scores(history, frame["item_id"].to_numpy()),
+    }
     champion = storage.read_json(CHAMPION_FILE) if storage.exists(CHAMPION_FILE) else None
-    if champion is not None and len(examples):
-        champion_scores = _score_model(storage, tuple(champion["model_path"]), examples)
-        champion_metrics = evaluate(labels, champion_scores, users)
+    if champion is not None:
+        scorers["champion"] = lambda frame: _score_model(storage, tuple(champion["model_path"]), frame)
+    metrics = {name: _holdout_metrics(score, examples, candidates) for name, score in scorers.items()}
+    model_metrics, baseline_metrics = metrics["model"], metrics["baseline"]
+    champion_metrics = metrics.get("champion")
 
     report = {
         "partition": day.isoformat(),
