@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,12 @@ import pytest
 
 from resources.storage import TrainingStorage
 from training_pipelines.data.source import EMPTY_FINGERPRINT, RatingsSource, day_bounds
-from training_pipelines.defs.automation import changed_days, contiguous_ranges, late_ratings_sensor
+from training_pipelines.defs.automation import (
+    CHANGED_DAYS_TAG,
+    changed_days,
+    contiguous_ranges,
+    late_ratings_sensor,
+)
 from training_pipelines.defs.ratings import FINGERPRINT_KEY, RATINGS_FOLDER, ratings_daily, ratings_file
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -279,3 +285,43 @@ def test_sensor_requests_day_with_missing_file(materialized: SensorHarness) -> N
 
     assert isinstance(result, dg.SensorResult)
     assert (result.run_requests or [])[0].tags[RANGE_START_TAG] == "1997-10-01"
+
+
+def _record_sensor_run(instance: dg.DagsterInstance, *, days: str, status: dg.DagsterRunStatus) -> str:
+    run = dg.DagsterRun(
+        job_name="__ASSET_JOB",
+        run_id=str(uuid.uuid4()),
+        status=status,
+        tags={"dagster/sensor_name": "late_ratings_sensor", CHANGED_DAYS_TAG: days},
+    )
+    instance.add_run(run)
+    return run.run_id
+
+
+def test_sensor_retries_change_after_failed_run(materialized: SensorHarness) -> None:
+    write_events(make_events(extra=[(5, 30, 4, at("1997-10-02", 20))]), materialized.events_path)
+    first = materialized.evaluate()
+    assert isinstance(first, dg.SensorResult)
+    failed_run_id = _record_sensor_run(materialized.instance, days="1997-10-02", status=dg.DagsterRunStatus.FAILURE)
+
+    second = materialized.evaluate(cursor=first.cursor)
+
+    assert isinstance(second, dg.SensorResult)
+    requests = second.run_requests or []
+    assert len(requests) == 1
+    assert requests[0].tags[RANGE_START_TAG] == "1997-10-02"
+    assert failed_run_id[:8] in (requests[0].run_key or "")
+    assert requests[0].run_key != (first.run_requests or [])[0].run_key
+
+
+def test_sensor_waits_while_retry_runs(materialized: SensorHarness) -> None:
+    write_events(make_events(extra=[(5, 30, 4, at("1997-10-02", 20))]), materialized.events_path)
+    first = materialized.evaluate()
+    assert isinstance(first, dg.SensorResult)
+    _record_sensor_run(materialized.instance, days="1997-10-02", status=dg.DagsterRunStatus.FAILURE)
+    _record_sensor_run(materialized.instance, days="1997-10-02", status=dg.DagsterRunStatus.STARTED)
+
+    second = materialized.evaluate(cursor=first.cursor)
+
+    assert isinstance(second, dg.SkipReason)
+    assert "already requested" in (second.skip_message or "")

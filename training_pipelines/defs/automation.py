@@ -68,6 +68,25 @@ def contiguous_ranges(days: list[str]) -> list[tuple[str, str]]:
     return ranges
 
 
+CHANGED_DAYS_TAG = "late_ratings_sensor/changed_days"
+RECENT_RUNS_CHECKED = 200
+
+
+def _days_whose_latest_run_failed(instance: dg.DagsterInstance, days: list[str]) -> dict[str, str]:
+    """Map each of ``days`` whose most recent late-ratings run failed or was cancelled to that run's id."""
+    if not days:
+        return {}
+    latest: dict[str, dg.DagsterRun] = {}
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(tags={"dagster/sensor_name": "late_ratings_sensor"}), limit=RECENT_RUNS_CHECKED
+    )
+    for run in runs:  # newest first
+        for day in run.tags.get(CHANGED_DAYS_TAG, "").split(","):
+            latest.setdefault(day, run)
+    ended_badly = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    return {day: latest[day].run_id for day in days if day in latest and latest[day].status in ended_badly}
+
+
 @dg.sensor(
     asset_selection=dg.AssetSelection.assets(ratings_daily),
     minimum_interval_seconds=LATE_RATINGS_INTERVAL_S,
@@ -95,6 +114,13 @@ def late_ratings_sensor(
     requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     source = ratings_source.day_fingerprints()
     to_request, already = changed_days(source=source, stored=stored, requested=requested)
+
+    # A change whose latest run failed or was cancelled is requested again, under a new run key.
+    retried = _days_whose_latest_run_failed(context.instance, already)
+    if retried:
+        context.log.warning(f"Requesting again the changed days whose run failed: {', '.join(sorted(retried))}")
+        to_request = sorted({*to_request, *retried})
+        already = [day for day in already if day not in retried]
     if not to_request:
         if already:
             return dg.SkipReason(f"Changes on {', '.join(already)} were already requested; waiting for those runs")
@@ -107,6 +133,9 @@ def late_ratings_sensor(
         run_key = f"late-ratings-{first}-{last}-" + "-".join(
             requested[day][:8] for day in to_request if first <= day <= last
         )
+        failed_run_ids = sorted(retried[day] for day in retried if first <= day <= last)
+        if failed_run_ids:
+            run_key += "-after-" + "-".join(run_id[:8] for run_id in failed_run_ids)
         run_requests.append(
             dg.RunRequest(
                 run_key=run_key[:200],
@@ -114,7 +143,7 @@ def late_ratings_sensor(
                 tags={
                     "dagster/asset_partition_range_start": first,
                     "dagster/asset_partition_range_end": last,
-                    "late_ratings_sensor/changed_days": ",".join(d for d in to_request if first <= d <= last)[:1000],
+                    CHANGED_DAYS_TAG: ",".join(d for d in to_request if first <= d <= last)[:1000],
                 },
             )
         )
