@@ -21,20 +21,20 @@ from resources.kuberay.lifecycle import (
     RayClusterClient,
     probe_dashboard,
 )
-from resources.kuberay.port_forward import PodConnector, PortForward, kubernetes_connector
-
-DASHBOARD_PORT = 8265
 from resources.kuberay.manifest import RUN_ID_KEY, ClusterRequest, OwnerJob, RunContext, render_raycluster
 from resources.kuberay.naming import label_value
 from resources.kuberay.policy import Policy
+from resources.kuberay.port_forward import PodConnector, PortForward, kubernetes_connector
 
 logger = logging.getLogger(__name__)
+
+DASHBOARD_PORT = 8265
 
 
 def kubernetes_api_client(
     *, api_url: str | None = None, kubeconfig: str | None = None, context: str | None = None
 ) -> client.ApiClient:
-    """Build an API client: ``api_url`` (an API proxy, such as ``kubectl proxy``), a kubeconfig and context, or in-cluster.
+    """Build an API client from ``api_url`` (an API proxy such as ``kubectl proxy``), a kubeconfig, or in-cluster.
 
     With none of them set, the in-cluster service account is used when the process runs
     in a pod, and the default kubeconfig otherwise. urllib3's own retries are off, so

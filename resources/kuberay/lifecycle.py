@@ -80,7 +80,10 @@ def dashboard_url(cluster: Mapping[str, Any], template: str = DEFAULT_DASHBOARD_
 
 
 def head_pod_ready(cluster: Mapping[str, Any]) -> bool:
-    """Tell whether KubeRay reports the head pod ready: ``HeadPodReady`` true, or ``state: ready`` on older operators."""
+    """Tell whether KubeRay reports the head pod ready.
+
+    That is the ``HeadPodReady`` condition, or ``state: ready`` on operators that predate it.
+    """
     status = cluster.get("status") or {}
     for condition in status.get("conditions") or []:
         if condition.get("type") == "HeadPodReady":

@@ -70,8 +70,8 @@ def list_clusters(custom_api: client.CustomObjectsApi, *, namespace: str, code_l
     token: str | None = None
     while True:
         page = call_with_retries(
-            lambda: custom_api.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, label_selector=selector, limit=LIST_PAGE_SIZE, _continue=token
+            lambda page_token=token: custom_api.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, label_selector=selector, limit=LIST_PAGE_SIZE, _continue=page_token
             ),
             description=f"list rayclusters in {namespace}",
         )

@@ -24,7 +24,7 @@ PodConnector = Callable[[], socket.socket]
 
 
 def kubernetes_connector(core_api: client.CoreV1Api, *, namespace: str, pod: str, port: int) -> PodConnector:
-    """Connect through the API server's portforward subresource of the pod (needs ``create`` on ``pods/portforward``)."""
+    """Connect through the pod's portforward subresource, which needs ``create`` on ``pods/portforward``."""
 
     def connect() -> socket.socket:
         forward = portforward(core_api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))

@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
 DASHBOARD_SERVICE_IP = "127.0.0.1"
 MISSING_IMAGE_MARKER = "does-not-exist"
 OBJECT_STORE_MEMORY = 128 * 1024**2
-HEAD_CRASH_LOG = 'Traceback (most recent call last):\n  File "/home/ray/start.py", line 3\nRuntimeError: head crashed in the stand-in'
+HEAD_CRASH_LOG = (
+    'Traceback (most recent call last):\n  File "/home/ray/start.py", line 3\n'
+    "RuntimeError: head crashed in the stand-in"
+)
 
 
 def _first_container(group: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ DAY_3 = datetime.date(1998, 1, 3)
 
 
 def timestamp(day: datetime.date, hour: int = 12) -> int:
-    moment = datetime.datetime(day.year, day.month, day.day, hour, tzinfo=datetime.timezone.utc)
+    moment = datetime.datetime(day.year, day.month, day.day, hour, tzinfo=datetime.UTC)
     return int(moment.timestamp())
 
 

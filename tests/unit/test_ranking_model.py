@@ -156,9 +156,7 @@ def test_default_config_matches_feature_shapes() -> None:
 def test_unseen_ids_score_without_error() -> None:
     day_1 = datetime.date(1998, 1, 1)
     day_2 = datetime.date(1998, 1, 2)
-    seconds = [
-        int(datetime.datetime(d.year, d.month, d.day, tzinfo=datetime.timezone.utc).timestamp()) for d in (day_1, day_2)
-    ]
+    seconds = [int(datetime.datetime(d.year, d.month, d.day, tzinfo=datetime.UTC).timestamp()) for d in (day_1, day_2)]
     events = pd.DataFrame({"user_id": [1, 10**12], "item_id": [5, 2**40], "rating": [5, 2], "timestamp": seconds})
     users = pd.DataFrame({"user_id": [1], "age": [30], "gender": ["F"], "occupation": ["writer"], "zip_code": ["1"]})
     items = pd.DataFrame(

@@ -20,7 +20,8 @@ daily_retrain_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(ratings_daily, ranking_model, ranking_model_evaluation, production_model),
     partitions_def=daily_partitions,
     executor_def=dg.in_process_executor,
-    description="Validate a day's ratings, retrain the ranking model on Ray, evaluate it and promote it if it is better.",
+    description="Validate a day's ratings, retrain the ranking model on Ray, evaluate it and promote it "
+    "if it is better.",
 )
 
 

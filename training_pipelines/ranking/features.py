@@ -377,8 +377,9 @@ def build_examples(
     Returns the columns ``EXAMPLE_COLUMNS``: int64 ids and buckets, float32
     features, a float32 ``label`` (1.0 when rating >= 4) and a float32 training
     ``weight`` that depends on how many of the returned rows belong to the same
-    user (see ``USER_WEIGHT_POWER``). Rows keep the order of ``history``. A day without events contributes no rows, and no matching
-    events give an empty frame with the same columns and dtypes.
+    user (see ``USER_WEIGHT_POWER``). Rows keep the order of ``history``. A day without
+    events contributes no rows, and no matching events give an empty frame with the
+    same columns and dtypes.
     """
     if alpha <= 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
