@@ -28,6 +28,8 @@ PLURAL = "rayclusters"
 CLUSTER_LABEL = "ray.io/cluster"
 
 READY_TIMEOUT_S = 600.0
+# Client-side limit of one API call, so that a hung connection cannot stall a wait.
+API_TIMEOUT_S = 30.0
 WATCH_WINDOW_S = 5
 DASHBOARD_PROBE_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 20
@@ -155,7 +157,9 @@ class RayClusterClient:
         try:
             return dict(
                 self._retry(
-                    lambda: self._custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name),
+                    lambda: self._custom.get_namespaced_custom_object(
+                        GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=API_TIMEOUT_S
+                    ),
                     f"get raycluster {self.namespace}/{name}",
                 )
             )
@@ -177,7 +181,9 @@ class RayClusterClient:
         name = manifest["metadata"]["name"]
         try:
             created = self._retry(
-                lambda: self._custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, manifest),
+                lambda: self._custom.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, manifest, _request_timeout=API_TIMEOUT_S
+                ),
                 f"create raycluster {self.namespace}/{name}",
             )
             logger.info("Created RayCluster %s/%s", self.namespace, name)
@@ -196,7 +202,9 @@ class RayClusterClient:
         """Delete the RayCluster; a 404 means it is already gone."""
         try:
             self._retry(
-                lambda: self._custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name),
+                lambda: self._custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=API_TIMEOUT_S
+                ),
                 f"delete raycluster {self.namespace}/{name}",
             )
             logger.info("Deleted RayCluster %s/%s", self.namespace, name)
@@ -272,7 +280,9 @@ class RayClusterClient:
 
     def _diagnose(self, name: str) -> tuple[str, str] | None:
         pods = self._retry(
-            lambda: self._core.list_namespaced_pod(self.namespace, label_selector=f"{CLUSTER_LABEL}={name}"),
+            lambda: self._core.list_namespaced_pod(
+                self.namespace, label_selector=f"{CLUSTER_LABEL}={name}", _request_timeout=API_TIMEOUT_S
+            ),
             f"list pods of raycluster {self.namespace}/{name}",
         ).items
         found = diagnose_pods(pods)
@@ -285,7 +295,11 @@ class RayClusterClient:
                 # kubernetes 36 returns the log as the text "b'...'" unless the body is read raw
                 # (kubernetes-client/python#2596).
                 response = self._core.read_namespaced_pod_log(
-                    pod.metadata.name, self.namespace, tail_lines=LOG_TAIL_LINES, _preload_content=False
+                    pod.metadata.name,
+                    self.namespace,
+                    tail_lines=LOG_TAIL_LINES,
+                    _preload_content=False,
+                    _request_timeout=API_TIMEOUT_S,
                 )
                 log_tail = response.data.decode(errors="replace")
             except ApiException as error:
@@ -305,6 +319,8 @@ class RayClusterClient:
                 field_selector=f"metadata.name={name}",
                 resource_version=resource_version,
                 timeout_seconds=max(1, int(window_s)),
+                # A watch the server never closes (a half-open connection) must not outlive the wait.
+                _request_timeout=window_s + API_TIMEOUT_S,
             ):
                 return
         except ApiException as error:

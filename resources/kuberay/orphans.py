@@ -10,7 +10,7 @@ from typing import Any
 
 from kubernetes import client
 
-from resources.kuberay.lifecycle import GROUP, PLURAL, VERSION, RayClusterClient
+from resources.kuberay.lifecycle import API_TIMEOUT_S, GROUP, PLURAL, VERSION, RayClusterClient
 from resources.kuberay.manifest import CODE_LOCATION_KEY, MANAGED_BY, RUN_ID_KEY
 from resources.kuberay.naming import label_value
 from resources.kuberay.retry import call_with_retries
@@ -71,7 +71,14 @@ def list_clusters(custom_api: client.CustomObjectsApi, *, namespace: str, code_l
     while True:
         page = call_with_retries(
             lambda page_token=token: custom_api.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, label_selector=selector, limit=LIST_PAGE_SIZE, _continue=page_token
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                label_selector=selector,
+                limit=LIST_PAGE_SIZE,
+                _continue=page_token,
+                _request_timeout=API_TIMEOUT_S,
             ),
             description=f"list rayclusters in {namespace}",
         )
