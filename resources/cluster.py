@@ -120,7 +120,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         return spec
 
     def cluster_request(self) -> ClusterRequest:
-        """The kuberay backend's request in high-level terms, validated.
+        """Build and validate the kuberay backend's request in high-level terms.
 
         Raises:
             InvalidRequestError: naming the invalid field and how to fix it.
@@ -144,7 +144,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         return request
 
     def run_context(self, *, asset: str | None = None) -> RunContext:
-        """Where a RayCluster of this run comes from, for its labels, annotations and owner."""
+        """Describe where a RayCluster of this run comes from, for its labels, annotations and owner."""
         run_id = self._run_id or self._name
         return RunContext(
             run_id=run_id,
@@ -179,7 +179,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             self.cluster_spec()
 
     def kubernetes_api(self) -> ApiClient:
-        """An API client configured from ``kube_api_url``, ``kubeconfig`` and ``kube_context``, or in-cluster."""
+        """Build an API client from ``kube_api_url``, ``kubeconfig`` and ``kube_context``, or in-cluster."""
         return kubernetes_api_client(api_url=self.kube_api_url, kubeconfig=self.kubeconfig, context=self.kube_context)
 
     def _policy(self) -> Policy:

@@ -188,8 +188,8 @@ class LocalRayCluster:
             {
                 # Jobs run the first `python` on the PATH of the process that started the head.
                 "PATH": f"{self._bin_dir}{os.pathsep}{env.get('PATH', '')}",
-                # Ray turns on token auth when it finds ~/.ray/auth_token; this cluster
-                # gets its own HOME and says explicitly that it has no auth.
+                # Ray turns on token auth when it finds ~/.ray/auth_token, so this cluster
+                # gets its own HOME and sets the auth mode explicitly.
                 "HOME": str(self._work_dir / "home"),
                 "RAY_AUTH_MODE": "disabled",
                 "RAY_USAGE_STATS_ENABLED": "0",
@@ -234,8 +234,8 @@ class LocalRayCluster:
         return [
             *self._common_args(),
             f"--address={gcs_address}",
-            # Nodes that share a temp dir pick socket and log names by counting files,
-            # which races when workers start together; a folder per node avoids that.
+            # Nodes that share a temp dir pick socket and log names by counting files.
+            # That races when workers start together, so each node gets its own folder.
             f"--temp-dir={self._work_dir / f'w{index}'}",
             f"--num-cpus={self.spec.cpus_per_worker}",
             f"--num-gpus={self.spec.gpus_per_worker}",
@@ -263,7 +263,9 @@ class LocalRayCluster:
         self._reaper = None
 
     def _start_node(self, node_name: str, args: list[str]) -> None:
-        assert self._work_dir is not None and self._reaper is not None and self._reaper.stdin is not None
+        assert self._work_dir is not None
+        assert self._reaper is not None
+        assert self._reaper.stdin is not None
         log_path = self._work_dir / f"{node_name}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(

@@ -45,7 +45,7 @@ class TrainingStorage(ConfigurableResource):  # type: ignore[type-arg]
         return f"{protocol}://{path}"
 
     def filesystem(self) -> fsspec.AbstractFileSystem:
-        """The fsspec filesystem of the root."""
+        """Return the fsspec filesystem of the root."""
         return self._fs()[0]
 
     def exists(self, *parts: str) -> bool:

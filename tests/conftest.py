@@ -2,6 +2,6 @@
 
 import os
 
-# Ray turns on token auth when it finds ~/.ray/auth_token; the tests say explicitly that there is none.
+# Ray turns on token auth when it finds ~/.ray/auth_token, so the tests turn it off explicitly.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"

@@ -119,7 +119,7 @@ def diagnose_pods(pods: list[client.V1Pod]) -> tuple[str, client.V1Pod] | None:
 
 
 def probe_dashboard(url: str) -> bool:
-    """Tell whether the Ray dashboard at ``url`` answers its version endpoint."""
+    """Tell whether the Ray dashboard at ``url`` responds on its version endpoint."""
     try:
         with urllib.request.urlopen(f"{url}/api/version", timeout=DASHBOARD_PROBE_TIMEOUT_S) as response:
             return bool(response.status == 200)
@@ -222,7 +222,7 @@ class RayClusterClient:
     ) -> ReadyCluster:
         """Wait until the head pod is ready and the dashboard responds, failing fast on a pod's real reason.
 
-        The wait follows a watch on the RayCluster; between watch events it reads the
+        The wait follows a watch on the RayCluster. Between watch events it reads the
         cluster's pods, so an image pull error, an unschedulable pod or a crash-looping
         head fails the wait with that reason instead of a timeout.
 

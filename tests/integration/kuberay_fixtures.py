@@ -27,7 +27,7 @@ SERVER_MANAGED_METADATA = ("uid", "creationTimestamp", "generation", "resourceVe
 
 
 def validate_stored_raycluster(obj: dict[str, Any]) -> list[str]:
-    """Validate a RayCluster as the API server holds it, without the fields the server itself sets."""
+    """Validate a RayCluster as the API server stores it, without the fields the server itself sets."""
     manifest = copy.deepcopy(obj)
     manifest.pop("status", None)
     for field in SERVER_MANAGED_METADATA:
@@ -43,9 +43,14 @@ def kube() -> Iterator[KubeEnvironment]:
 
 
 def kuberay_cluster(kube: KubeEnvironment, **overrides: object) -> RayClusterResource:
+    return kuberay_cluster_at(kube.standin.url, **overrides)
+
+
+def kuberay_cluster_at(kube_api_url: str, **overrides: object) -> RayClusterResource:
+    """A kuberay resource sized for the stand-in served at ``kube_api_url``."""
     settings: dict[str, object] = {
         "backend": "kuberay",
-        "kube_api_url": kube.standin.url,
+        "kube_api_url": kube_api_url,
         "namespace": NAMESPACE,
         # The stand-in's clusters serve their dashboard on 127.0.0.1 at a port in the status.
         "dashboard_url_template": "http://{service_ip}:{dashboard_port}",

@@ -2,8 +2,8 @@
 interrupted and killed runs, and the orphan sensor that deletes what a killed run left behind.
 
 The stand-in and its operator run in the test process. A run that is signalled runs in a subprocess
-(``run_partition_kuberay``) that reaches the stand-in through its URL, so the Ray clusters the operator
-starts outlive that subprocess as real pods would outlive a killed Dagster run.
+(``run_partition`` given the stand-in's URL), so the Ray clusters the operator starts outlive that
+subprocess as real pods would outlive a killed Dagster run.
 """
 
 import os
@@ -87,7 +87,7 @@ def start_run(storage_root: Path, kube: KubeEnvironment) -> subprocess.Popen[str
         [
             sys.executable,
             "-m",
-            "tests.integration.run_partition_kuberay",
+            "tests.integration.run_partition",
             str(storage_root),
             PARTITION,
             kube.standin.url,

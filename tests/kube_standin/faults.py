@@ -13,7 +13,7 @@ class Fault:
     """A failure for the next `times` requests that match every filter that is set.
 
     With `status`, the server responds with that status and a `Status` body (and `Retry-After` when
-    `retry_after_s` is set). With `drop_connection`, it resets the connection without answering.
+    `retry_after_s` is set). With `drop_connection`, it resets the connection without a response.
     With neither, the request is served normally after `delay_s`.
     """
 

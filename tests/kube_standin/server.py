@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as err:
             logger.exception("request %s %s failed in the stand-in", self.command, self.path)
             if self._recorded:
-                # The response has begun, so a 500 cannot be sent; closing tells the client it is incomplete.
+                # The response has begun, so a 500 cannot be sent. Closing the connection marks it incomplete.
                 self.close_connection = True
                 return
             self._send_error(errors.ApiError(code=500, reason="InternalError", message=f"stand-in error: {err!r}"))
@@ -436,7 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _drop_connection(self) -> None:
-        """Reset the connection without an answer: SO_LINGER 0 makes close() send RST instead of FIN."""
+        """Reset the connection without a response: SO_LINGER 0 makes close() send RST instead of FIN."""
         self._record(None)
         self.close_connection = True
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

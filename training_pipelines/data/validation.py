@@ -19,7 +19,7 @@ def validate_events(events: pd.DataFrame, *, source: str) -> pd.DataFrame:
     """Check and normalise an events frame; return it with int64 columns, a ``day`` column and no duplicates.
 
     Exact duplicate events (same user, item, rating and timestamp) are dropped; the
-    returned frame's ``attrs["duplicates_dropped"]`` holds how many.
+    returned frame's ``attrs["duplicates_dropped"]`` contains how many.
 
     Raises:
         SourceError: a column is missing, has the wrong type or holds values out of range.

@@ -6,7 +6,7 @@ import datetime as dt
 
 from dagster import DailyPartitionsDefinition
 
-# MovieLens-100k holds events from 1997-09-20 to 1998-04-22 (UTC). A deployment on a
+# MovieLens-100k contains events from 1997-09-20 to 1998-04-22 (UTC). A deployment on a
 # live events table would set no end date, so that a new partition appears every day.
 FIRST_DAY = dt.date(1997, 9, 20)
 LAST_DAY = dt.date(1998, 4, 22)
@@ -24,5 +24,5 @@ def partition_day(partition_key: str) -> dt.date:
 
 
 def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
-    """Every day from ``first`` to ``last``, both included."""
+    """List every day from ``first`` to ``last``, both included."""
     return [first + dt.timedelta(days=offset) for offset in range((last - first).days + 1)]

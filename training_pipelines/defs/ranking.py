@@ -31,10 +31,10 @@ def _stored_days(storage: TrainingStorage, days: list[dt.date]) -> list[str]:
     stored = set(storage.list(RATINGS_FOLDER))
     missing = [day.isoformat() for day in days if ratings_file(day.isoformat()) not in stored]
     if missing:
-        shown = missing if len(missing) <= 6 else [*missing[:3], "...", *missing[-3:]]
+        listed = missing if len(missing) <= 6 else [*missing[:3], "...", *missing[-3:]]
         raise SourceError(
             "ratings_daily",
-            f"{len(missing)} partition(s) are not materialized: {', '.join(shown)}",
+            f"{len(missing)} partition(s) are not materialized: {', '.join(listed)}",
             f"Materialize ratings_daily for {missing[0]}...{missing[-1]} first (one backfill run covers the range)",
         )
     return [storage.uri(RATINGS_FOLDER, ratings_file(day.isoformat())) for day in days]

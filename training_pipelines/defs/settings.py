@@ -12,7 +12,7 @@ _DEFAULTS = TrainingHyperparameters()
 
 
 class RankingSettings(ConfigurableResource):  # type: ignore[type-arg]
-    """How the ranking model is trained and when a new model may replace the champion."""
+    """Settings of the ranking model's training and of when a new model may replace the champion."""
 
     window_days: int = Field(default=28, description="Days of events the model trains on, ending at the partition day.")
     epochs: int = Field(default=_DEFAULTS.epochs, description="Passes over the training window.")

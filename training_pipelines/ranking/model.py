@@ -6,7 +6,7 @@ optionally (see ``ModelConfig``) wide user-feature x genre crosses and a
 factorised user x item interaction. The output layers of the corrections start
 at zero and the embeddings near zero, so an untrained model scores almost exactly like
 the baseline and training only has to learn what the item's history does not
-already say. Rows with unknown ids all use bucket 0, a shared learned vector.
+already capture. Rows with unknown ids all use bucket 0, a shared learned vector.
 """
 
 import dataclasses
