@@ -21,8 +21,7 @@ from resources.kuberay.lifecycle import (
     RayClusterClient,
     probe_dashboard,
 )
-from resources.kuberay.manifest import RUN_ID_KEY, ClusterRequest, OwnerJob, RunContext, render_raycluster
-from resources.kuberay.naming import label_value
+from resources.kuberay.manifest import ClusterRequest, OwnerJob, RunContext, render_raycluster
 from resources.kuberay.policy import Policy
 from resources.kuberay.port_forward import PodConnector, PortForward, kubernetes_connector
 
@@ -125,7 +124,7 @@ class KubeRayCluster:
         # A request that breaks policy raises here, before any call that changes the cluster.
         self.manifest = render_raycluster(request=request, context=context, policy=policy)
         self.name: str = self.manifest["metadata"]["name"]
-        self._run_id = context.run_id
+        self._owner_labels = context.owner_labels
         self._core_api = client.CoreV1Api(api_client)
         self._clusters = RayClusterClient(
             custom_api=client.CustomObjectsApi(api_client),
@@ -155,7 +154,7 @@ class KubeRayCluster:
             ClusterStartError: the cluster did not become ready, with the pods' reason.
         """
         started_at = self._clock()
-        owner_labels = {RUN_ID_KEY: label_value(self._run_id)}
+        owner_labels = self._owner_labels
         self._on_progress(f"Creating RayCluster {self._clusters.namespace}/{self.name}")
         try:
             self._clusters.create(self.manifest, owner_labels=owner_labels)
@@ -205,6 +204,13 @@ class KubeRayCluster:
             self._sleep(0.5)
         self._on_progress(f"Forwarding {url} to the dashboard of pod {namespace}/{head}")
         return url
+
+    def release(self) -> None:
+        """Close the port-forward and stop owning the RayCluster, which then lives until deleted or expired."""
+        if self._forward is not None:
+            self._forward.stop()
+            self._forward = None
+        self._created = False
 
     def stop(self) -> None:
         """Delete the RayCluster if this object created it; safe to call twice."""

@@ -26,6 +26,7 @@ GROUP = "ray.io"
 VERSION = "v1"
 PLURAL = "rayclusters"
 CLUSTER_LABEL = "ray.io/cluster"
+NODE_TYPE_LABEL = "ray.io/node-type"
 
 READY_TIMEOUT_S = 600.0
 # Client-side limit of one API call, so that a hung connection cannot stall a wait.
@@ -35,6 +36,8 @@ DASHBOARD_PROBE_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 20
 
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+# Waiting reasons of a container whose image may still be missing on its node.
+IMAGE_PENDING_REASONS = IMAGE_PULL_REASONS | {"ContainerCreating", "PodInitializing"}
 DEFAULT_DASHBOARD_URL_TEMPLATE = "http://{name}-head-svc.{namespace}.svc.cluster.local:8265"
 
 
@@ -116,6 +119,63 @@ def diagnose_pods(pods: list[client.V1Pod]) -> tuple[str, client.V1Pod] | None:
             if waiting.reason == "CrashLoopBackOff":
                 return f"container {container.name} of pod {name} is crash-looping", pod
     return None
+
+
+def image_pulled(container: client.V1ContainerStatus) -> bool:
+    """Tell whether a container's image is on its node.
+
+    It is when the container runs or has run, or waits for a reason other than creating the
+    container or pulling its image (such as ``CrashLoopBackOff``).
+    """
+    state = container.state
+    if state is None:
+        return False
+    if state.running is not None or state.terminated is not None:
+        return True
+    reason = state.waiting.reason if state.waiting is not None else None
+    return bool(reason) and reason not in IMAGE_PENDING_REASONS
+
+
+def pod_progress(pods: list[client.V1Pod], *, expected_pods: int = 0) -> list[str]:
+    """Summarize how far a RayCluster's pods have started, one fact per stage, or nothing while no pod exists.
+
+    ``expected_pods`` is the number of pods the cluster will have (head plus desired workers), so
+    that pods KubeRay has not created yet count as not scheduled. When more pods are listed, the
+    listed number is used. Image pulls are reported once at least one pod is scheduled.
+    """
+    if not pods:
+        return []
+    total = max(len(pods), expected_pods)
+    scheduled = 0
+    pulled = 0
+    head_ready = False
+    for pod in pods:
+        status = pod.status
+        if status is None:
+            continue
+        conditions = {condition.type: condition.status for condition in status.conditions or []}
+        if conditions.get("PodScheduled") == "True":
+            scheduled += 1
+        containers = status.container_statuses or []
+        if containers and all(image_pulled(container) for container in containers):
+            pulled += 1
+        labels = pod.metadata.labels or {}
+        if labels.get(NODE_TYPE_LABEL) == "head" and conditions.get("Ready") == "True":
+            head_ready = True
+
+    facts = [f"{scheduled} of {total} pods scheduled"]
+    if scheduled:
+        facts.append(f"images pulled on {pulled} of {total} pods")
+    if head_ready:
+        facts.append("head pod ready")
+    return facts
+
+
+def _report_new(name: str, facts: list[str], reported: set[str], progress: Callable[[str], None]) -> None:
+    for fact in facts:
+        if fact not in reported:
+            reported.add(fact)
+            progress(f"RayCluster {name}: {fact}")
 
 
 def probe_dashboard(url: str) -> bool:
@@ -226,6 +286,10 @@ class RayClusterClient:
         cluster's pods, so an image pull error, an unschedulable pod or a crash-looping
         head fails the wait with that reason instead of a timeout.
 
+        ``on_progress`` gets each new fact once, as ``RayCluster <name>: <fact>``: the
+        cluster's state, its true conditions and ready workers, and from the pods how many
+        are scheduled, on how many the images are pulled, and whether the head pod is ready.
+
         Raises:
             ClusterStartError: with the pod's reason (and the head's last log lines when
                 it crashes), or a timeout as the last resort.
@@ -240,9 +304,11 @@ class RayClusterClient:
             if cluster is None:
                 raise ClusterStartError(f"{self.namespace}/{name}", "the RayCluster was deleted while starting")
             resource_version = (cluster.get("metadata") or {}).get("resourceVersion", resource_version)
+            pods = self._list_pods(name)
             self._report_state(cluster, reported, progress)
+            self._report_pods(cluster, pods, reported, progress)
 
-            failure = self._diagnose(name)
+            failure = self._diagnose(pods)
             if failure is not None:
                 reason, log_tail = failure
                 raise ClusterStartError(f"{self.namespace}/{name}", reason, log_tail)
@@ -273,18 +339,31 @@ class RayClusterClient:
         ready_workers = status.get("readyWorkerReplicas")
         if ready_workers is not None:
             facts.append(f"{ready_workers} of {status.get('desiredWorkerReplicas', '?')} workers ready")
-        for fact in facts:
-            if fact not in reported:
-                reported.add(fact)
-                progress(f"RayCluster {cluster['metadata']['name']}: {fact}")
+        _report_new(cluster["metadata"]["name"], facts, reported, progress)
 
-    def _diagnose(self, name: str) -> tuple[str, str] | None:
-        pods = self._retry(
-            lambda: self._core.list_namespaced_pod(
-                self.namespace, label_selector=f"{CLUSTER_LABEL}={name}", _request_timeout=API_TIMEOUT_S
-            ),
-            f"list pods of raycluster {self.namespace}/{name}",
-        ).items
+    def _report_pods(
+        self,
+        cluster: Mapping[str, Any],
+        pods: list[client.V1Pod],
+        reported: set[str],
+        progress: Callable[[str], None],
+    ) -> None:
+        status = cluster.get("status") or {}
+        desired_workers = status.get("desiredWorkerReplicas")
+        expected = 1 + int(desired_workers) if isinstance(desired_workers, int) else 0
+        _report_new(cluster["metadata"]["name"], pod_progress(pods, expected_pods=expected), reported, progress)
+
+    def _list_pods(self, name: str) -> list[client.V1Pod]:
+        return list(
+            self._retry(
+                lambda: self._core.list_namespaced_pod(
+                    self.namespace, label_selector=f"{CLUSTER_LABEL}={name}", _request_timeout=API_TIMEOUT_S
+                ),
+                f"list pods of raycluster {self.namespace}/{name}",
+            ).items
+        )
+
+    def _diagnose(self, pods: list[client.V1Pod]) -> tuple[str, str] | None:
         found = diagnose_pods(pods)
         if found is None:
             return None

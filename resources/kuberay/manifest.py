@@ -17,7 +17,13 @@ from typing import Any, NamedTuple
 import yaml
 
 from resources.errors import InvalidRequestError
-from resources.kuberay.naming import cluster_name, is_dns1123_label, label_value
+from resources.kuberay.naming import (
+    MAX_CLUSTER_NAME_LENGTH,
+    cluster_name,
+    is_dns1035_label,
+    is_dns1123_label,
+    label_value,
+)
 from resources.kuberay.policy import Policy, apply_policy
 from resources.kuberay.quantity import format_bytes
 from resources.kuberay.schema import validate_manifest
@@ -41,7 +47,10 @@ CODE_LOCATION_KEY = "dagster/code-location"
 TEAM_KEY = "training-pipelines/team"
 OWNER_ANNOTATION = "training-pipelines/owner"
 RUN_URL_ANNOTATION = "training-pipelines/run-url"
-TTL_ANNOTATION = "training-pipelines/ttl-hours"
+ORIGIN_KEY = "training-pipelines/origin"
+REQUEST_ID_KEY = "training-pipelines/request-id"
+ORIGINS = ("dagster", "manual")
+TTL_ANNOTATION = "training-pipelines/ttl-minutes"
 TEMPLATE_ANNOTATION = "training-pipelines/template"
 # Seconds an autoscaled worker may sit idle before the autoscaler removes it.
 AUTOSCALER_IDLE_TIMEOUT_S = 60
@@ -57,7 +66,12 @@ class OwnerJob(NamedTuple):
 
 @dataclass(frozen=True)
 class RunContext:
-    """Origin of a RayCluster: the Dagster run, its job and asset, and the owner to contact."""
+    """Origin of a RayCluster: the Dagster run, its job and asset, and the owner to contact.
+
+    A cluster made by hand (``origin="manual"``) has no Dagster run: ``run_id`` is then
+    the id of the request, which only serves to recognise the cluster as its own, and
+    ``name`` may set the cluster's name.
+    """
 
     run_id: str
     job_name: str
@@ -68,6 +82,19 @@ class RunContext:
     partition: str | None = None
     asset: str | None = None
     owner_job: OwnerJob | None = None
+    origin: str = "dagster"
+    name: str | None = None
+
+    @property
+    def cluster_name(self) -> str:
+        """The RayCluster's name: ``name`` when given, else derived from the run id."""
+        return self.name or cluster_name(run_id=self.run_id)
+
+    @property
+    def owner_labels(self) -> dict[str, str]:
+        """Labels that mark a RayCluster as this run's or this request's own, for adoption after a retried create."""
+        key = RUN_ID_KEY if self.origin == "dagster" else REQUEST_ID_KEY
+        return {key: label_value(self.run_id)}
 
     def validate(self) -> None:
         """Check the fields the manifest needs in a fixed form.
@@ -77,6 +104,16 @@ class RunContext:
         """
         if not self.run_id:
             raise InvalidRequestError("run_id", "is empty", "Pass the Dagster run id.")
+        if self.origin not in ORIGINS:
+            raise InvalidRequestError("origin", f"unknown origin {self.origin!r}", f"Use one of {list(ORIGINS)}.")
+        if self.name is not None and not (
+            isinstance(self.name, str) and is_dns1035_label(self.name) and len(self.name) <= MAX_CLUSTER_NAME_LENGTH
+        ):
+            raise InvalidRequestError(
+                "name",
+                f"{self.name!r} is not a valid RayCluster name",
+                f"Use lowercase letters, digits and '-', a letter first, at most {MAX_CLUSTER_NAME_LENGTH} characters.",
+            )
         if not isinstance(self.namespace, str) or not is_dns1123_label(self.namespace):
             raise InvalidRequestError(
                 "namespace",
@@ -114,7 +151,7 @@ class ClusterRequest:
     head_memory: int = 4 * GIB
     image: str | None = None
     team: str | None = None
-    ttl_hours: int | None = None
+    ttl_minutes: int | None = None
 
     @property
     def worker_bounds(self) -> tuple[int, int]:
@@ -175,11 +212,11 @@ class ClusterRequest:
             )
         if self.team is not None and not isinstance(self.team, str):
             raise InvalidRequestError("team", f"must be a string, got {self.team!r}", "Use the team's name.")
-        if self.ttl_hours is not None and (not _is_count(self.ttl_hours) or self.ttl_hours < 1):
+        if self.ttl_minutes is not None and (not _is_count(self.ttl_minutes) or self.ttl_minutes < 1):
             raise InvalidRequestError(
-                "ttl_hours",
-                f"must be a whole number of at least 1, got {self.ttl_hours!r}",
-                "Leave it unset for the policy's default.",
+                "ttl",
+                f"must be at least 1 minute, got {self.ttl_minutes!r} minutes",
+                "Ask for a lifetime such as '8h', or leave it unset for the policy's default.",
             )
 
     def _validate_gpus(self) -> None:
@@ -240,27 +277,33 @@ def fill_placeholders(node: Any, values: dict[str, Any], *, path: str = "") -> A
 
 
 def _run_labels(request: ClusterRequest, context: RunContext) -> dict[str, str]:
-    raw = {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        RUN_ID_KEY: context.run_id,
-        JOB_KEY: context.job_name,
-        PARTITION_KEY: context.partition,
-        ASSET_KEY: context.asset,
-        CODE_LOCATION_KEY: context.code_location,
-        TEAM_KEY: request.team,
-    }
+    raw: dict[str, str | None] = {"app.kubernetes.io/managed-by": MANAGED_BY, ORIGIN_KEY: context.origin}
+    if context.origin == "dagster":
+        raw.update(
+            {
+                RUN_ID_KEY: context.run_id,
+                JOB_KEY: context.job_name,
+                PARTITION_KEY: context.partition,
+                ASSET_KEY: context.asset,
+                CODE_LOCATION_KEY: context.code_location,
+            }
+        )
+    else:
+        raw[REQUEST_ID_KEY] = context.run_id
+    raw[TEAM_KEY] = request.team
     return {key: label_value(value) for key, value in raw.items() if value}
 
 
-def _annotations(request: ClusterRequest, context: RunContext, *, ttl_hours: int) -> dict[str, str]:
+def _annotations(request: ClusterRequest, context: RunContext, *, ttl_minutes: int) -> dict[str, str]:
     # Label values are cut to 63 characters; the annotations keep the full values.
+    dagster = context.origin == "dagster"
     raw = {
         OWNER_ANNOTATION: context.owner,
-        RUN_URL_ANNOTATION: context.run_url,
-        RUN_ID_KEY: context.run_id,
+        RUN_URL_ANNOTATION: context.run_url if dagster else None,
+        RUN_ID_KEY: context.run_id if dagster else None,
         PARTITION_KEY: context.partition,
         ASSET_KEY: context.asset,
-        TTL_ANNOTATION: str(ttl_hours),
+        TTL_ANNOTATION: str(ttl_minutes),
         TEMPLATE_ANNOTATION: request.template,
     }
     return {key: value for key, value in raw.items() if value}
@@ -283,15 +326,15 @@ def _owner_references(context: RunContext) -> list[dict[str, Any]] | _Omit:
     ]
 
 
-def _template_values(request: ClusterRequest, context: RunContext, *, ttl_hours: int) -> dict[str, Any]:
+def _template_values(request: ClusterRequest, context: RunContext, *, ttl_minutes: int) -> dict[str, Any]:
     low, high = request.worker_bounds
     gpus = request.gpus_per_worker
     labels = _run_labels(request, context)
     return {
-        "NAME": cluster_name(run_id=context.run_id),
+        "NAME": context.cluster_name,
         "NAMESPACE": context.namespace,
         "LABELS": labels,
-        "ANNOTATIONS": _annotations(request, context, ttl_hours=ttl_hours),
+        "ANNOTATIONS": _annotations(request, context, ttl_minutes=ttl_minutes),
         "OWNER_REFERENCES": _owner_references(context),
         "RAY_VERSION": RAY_VERSION,
         "AUTOSCALING": request.autoscaling,
@@ -322,11 +365,11 @@ def render_raycluster(*, request: ClusterRequest, context: RunContext, policy: P
     """
     request.validate()
     context.validate()
-    ttl_hours = policy.ttl_hours(request.ttl_hours)
+    ttl_minutes = policy.ttl_minutes(request.ttl_minutes)
 
     try:
         manifest = fill_placeholders(
-            _load_template(request.template), _template_values(request, context, ttl_hours=ttl_hours)
+            _load_template(request.template), _template_values(request, context, ttl_minutes=ttl_minutes)
         )
     except KeyError as err:
         raise InvalidRequestError(

@@ -1,4 +1,4 @@
-"""Finding RayClusters that outlived their Dagster run, and deleting them."""
+"""Finding RayClusters that outlived their Dagster run or their lifetime, and deleting them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 from kubernetes import client
 
+from resources.kuberay.inventory import summarize
 from resources.kuberay.lifecycle import API_TIMEOUT_S, GROUP, PLURAL, VERSION, RayClusterClient
-from resources.kuberay.manifest import CODE_LOCATION_KEY, MANAGED_BY, RUN_ID_KEY
+from resources.kuberay.manifest import MANAGED_BY
 from resources.kuberay.naming import label_value
 from resources.kuberay.retry import call_with_retries
 
@@ -36,36 +37,41 @@ def find_orphans(
     *,
     run_is_active: Callable[[str], bool | None],
     now: dt.datetime,
+    code_location: str | None = None,
     max_age: dt.timedelta = DEFAULT_MAX_AGE,
 ) -> list[Orphan]:
-    """Pick the clusters whose run has ended or no longer exists, or that are older than ``max_age``.
+    """Pick the clusters that outlived their lifetime, and this code location's clusters whose run is over.
 
-    ``run_is_active`` returns True for a queued, starting or running run, False for one
-    that finished, failed or was cancelled, and None when no run has that id.
+    Every cluster is deleted once its TTL (``training-pipelines/ttl-minutes``, or
+    ``max_age`` for a cluster created without one) has passed, whoever made it. A Dagster
+    run's cluster of ``code_location`` (any code location when ``None``) is deleted as
+    soon as ``run_is_active`` returns False (the run finished, failed or was cancelled)
+    or None (no run has that id). Runs of other code locations are not judged, because
+    another Dagster instance may own them.
     """
     orphans = []
+    own_location = None if code_location is None else label_value(code_location)
     for cluster in clusters:
-        metadata = cluster.get("metadata") or {}
-        run_id = (metadata.get("labels") or {}).get(RUN_ID_KEY, "")
-        created = dt.datetime.fromisoformat(
-            str(metadata.get("creationTimestamp", now.isoformat())).replace("Z", "+00:00")
-        )
-        active = run_is_active(run_id) if run_id else None
-        if active is None:
-            reason = f"its Dagster run {run_id or '(unlabelled)'} does not exist"
-        elif not active:
-            reason = f"its Dagster run {run_id} has ended"
-        elif now - created > max_age:
-            reason = f"it is {(now - created).total_seconds() / 3600:.1f} h old, above the maximum of {max_age}"
-        else:
-            continue
-        orphans.append(Orphan(name=metadata["name"], namespace=metadata["namespace"], run_id=run_id, reason=reason))
+        summary = summarize(cluster, now=now)
+        expires_at = summary.expires_at or summary.created + max_age
+        reason = None
+        if now >= expires_at:
+            lifetime = (expires_at - summary.created).total_seconds() / 3600
+            reason = f"its lifetime of {lifetime:g} h ended at {expires_at:%Y-%m-%d %H:%M} UTC"
+        elif summary.origin == "dagster" and own_location in (None, summary.code_location):
+            active = run_is_active(summary.run_id) if summary.run_id else None
+            if active is None:
+                reason = f"its Dagster run {summary.run_id or '(unlabelled)'} does not exist"
+            elif not active:
+                reason = f"its Dagster run {summary.run_id} has ended"
+        if reason is not None:
+            orphans.append(Orphan(name=summary.name, namespace=summary.namespace, run_id=summary.run_id, reason=reason))
     return orphans
 
 
-def list_clusters(custom_api: client.CustomObjectsApi, *, namespace: str, code_location: str) -> list[dict[str, Any]]:
-    """List this code location's RayClusters in ``namespace``, page by page."""
-    selector = f"app.kubernetes.io/managed-by={MANAGED_BY},{CODE_LOCATION_KEY}={label_value(code_location)}"
+def list_clusters(custom_api: client.CustomObjectsApi, *, namespace: str) -> list[dict[str, Any]]:
+    """List the platform's RayClusters in ``namespace`` (every code location's and those made by hand), page by page."""
+    selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
     clusters: list[dict[str, Any]] = []
     token: str | None = None
     while True:

@@ -99,21 +99,29 @@ class Policy:
         size = min(self.shm_max, int(memory * self.shm_fraction))
         return max(MIB, size // MIB * MIB)
 
-    def ttl_hours(self, requested: int | None) -> int:
-        """Return the cluster lifetime in hours: ``requested``, or the default when ``None``.
+    def ttl_minutes(self, requested: int | None) -> int:
+        """Return the cluster lifetime in minutes: ``requested``, or the policy's default when ``None``.
 
         Raises:
-            InvalidRequestError: ``requested`` is below 1 or above the policy's maximum.
+            InvalidRequestError: ``requested`` is below 1 minute or above the policy's maximum.
         """
         if requested is None:
-            return self.default_ttl_hours
-        if isinstance(requested, bool) or not isinstance(requested, int) or not 1 <= requested <= self.max_ttl_hours:
+            return self.default_ttl_hours * 60
+        cap = self.max_ttl_hours * 60
+        if isinstance(requested, bool) or not isinstance(requested, int) or not 1 <= requested <= cap:
             raise InvalidRequestError(
-                "ttl_hours",
-                f"{requested!r} is outside 1 to {self.max_ttl_hours} hours",
-                f"Ask for at most {self.max_ttl_hours} hours, or leave it unset for {self.default_ttl_hours}.",
+                "ttl",
+                f"{_minutes_text(requested)} is outside 1m to the policy's maximum of {self.max_ttl_hours}h",
+                f"Ask for at most {self.max_ttl_hours}h, or leave it unset for {self.default_ttl_hours}h.",
             )
         return requested
+
+
+def _minutes_text(minutes: object) -> str:
+    if isinstance(minutes, int) and not isinstance(minutes, bool) and minutes >= 60:
+        hours, rest = divmod(minutes, 60)
+        return f"{hours}h{rest:02d}m" if rest else f"{hours}h"
+    return f"{minutes!r}m"
 
 
 def _parse_gpu_types(raw: object, *, source: str) -> dict[str, GpuType]:

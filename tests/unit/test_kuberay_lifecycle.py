@@ -22,11 +22,13 @@ from resources.kuberay.lifecycle import (
     ClusterConflictError,
     RayClusterClient,
     head_pod_ready,
+    image_pulled,
+    pod_progress,
 )
-from resources.kuberay.manifest import RUN_ID_KEY
+from resources.kuberay.manifest import ORIGIN_KEY, RUN_ID_KEY
 from resources.kuberay.orphans import find_orphans
 from resources.kuberay.retry import MAX_ATTEMPTS, MAX_DELAY_S
-from tests.kube_standin import RAYCLUSTERS, KubeStandin
+from tests.kube_standin import PODS, RAYCLUSTERS, KubeStandin
 
 NAMESPACE = "ml-training"
 CLUSTER = "ray-run-1-0123456789"
@@ -456,6 +458,182 @@ def test_wait_retries_transient_error_on_get(standin: KubeStandin, fake_time: Fa
     assert fake_time.sleeps == [0.2, 0.2]
 
 
+# ----- pod progress -----
+
+CREATING = {"waiting": {"reason": "ContainerCreating"}}
+RUNNING = {"running": {"startedAt": "2026-03-04T05:06:07Z"}}
+
+
+def pod_status(*, scheduled: bool = True, state: dict[str, Any] | None = None, ready: bool = False) -> dict[str, Any]:
+    """A pod status as the scheduler and kubelet write it, where ``state`` is the state of its one container."""
+    conditions = [{"type": "PodScheduled", "status": "True" if scheduled else "False"}]
+    if state is None:
+        return {"phase": "Pending", "conditions": conditions}
+
+    conditions.append({"type": "Ready", "status": "True" if ready else "False"})
+    container = {
+        "name": "ray",
+        "image": "rayproject/ray:2.60.0-py311-cpu",
+        "imageID": "",
+        "ready": ready,
+        "restartCount": 0,
+        "state": state,
+    }
+    phase = "Running" if "running" in state else "Pending"
+    return {"phase": phase, "conditions": conditions, "containerStatuses": [container]}
+
+
+def make_pod(name: str, node_type: str, status: dict[str, Any]) -> kubernetes.client.V1Pod:
+    """Deserialize a pod as the client does, so the pure helpers see the same types as in a wait."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"ray.io/cluster": CLUSTER, "ray.io/node-type": node_type}},
+        "status": status,
+    }
+    response = type("Response", (), {"data": json.dumps(body)})()
+    return kubernetes.client.ApiClient().deserialize(response, "V1Pod")
+
+
+def progress_cluster_status(ready_workers: int) -> dict[str, Any]:
+    return {"state": "", "conditions": [], "desiredWorkerReplicas": 2, "readyWorkerReplicas": ready_workers}
+
+
+def test_wait_reports_pod_progress_once_per_fact(standin: KubeStandin, fake_time: FakeTime) -> None:
+    seed_cluster(standin, status=READY_STATUS | {"desiredWorkerReplicas": 2, "readyWorkerReplicas": 2})
+    seed_pod(standin, f"{CLUSTER}-head", node_type="head", status=pod_status(state=RUNNING, ready=True))
+    for index in range(2):
+        seed_pod(standin, f"{CLUSTER}-workers-worker-{index}", node_type="worker", status=pod_status(state=RUNNING))
+    # The first probe fails, so the wait loop turns twice and sees every fact twice.
+    clusters = make_client(standin, fake_time, RecordingProbe(False, True))
+    progress: list[str] = []
+
+    clusters.wait_until_ready(CLUSTER, timeout_s=60, on_progress=progress.append)
+
+    assert progress == [
+        f"RayCluster {CLUSTER}: state ready",
+        f"RayCluster {CLUSTER}: HeadPodReady",
+        f"RayCluster {CLUSTER}: 2 of 2 workers ready",
+        f"RayCluster {CLUSTER}: 3 of 3 pods scheduled",
+        f"RayCluster {CLUSTER}: images pulled on 3 of 3 pods",
+        f"RayCluster {CLUSTER}: head pod ready",
+        f"RayCluster {CLUSTER} is ready; dashboard at http://127.0.0.1:18265",
+    ]
+
+
+def test_wait_reports_pods_as_they_start(standin: KubeStandin) -> None:
+    head, workers = f"{CLUSTER}-head", [f"{CLUSTER}-workers-worker-{index}" for index in range(2)]
+    seed_cluster(standin, status=progress_cluster_status(0))
+    seed_pod(standin, head, node_type="head", status={"phase": "Pending"})
+    seed_pod(standin, workers[0], node_type="worker", status={"phase": "Pending"})
+
+    # Each step runs when the wait reports the fact before it, so the pods change between turns of its loop.
+    def schedule_all() -> None:
+        seed_pod(standin, workers[1], node_type="worker", status={"phase": "Pending"})
+        for name in (head, *workers):
+            standin.store.update_status(PODS, NAMESPACE, name, pod_status(state=CREATING))
+
+    def pull_some() -> None:
+        standin.store.update_status(PODS, NAMESPACE, head, pod_status(state=RUNNING))
+        standin.store.update_status(PODS, NAMESPACE, workers[0], pod_status(state=RUNNING))
+        initializing = {"waiting": {"reason": "PodInitializing"}}
+        standin.store.update_status(PODS, NAMESPACE, workers[1], pod_status(state=initializing))
+
+    def become_ready() -> None:
+        standin.store.update_status(PODS, NAMESPACE, head, pod_status(state=RUNNING, ready=True))
+        for name in workers:
+            standin.store.update_status(PODS, NAMESPACE, name, pod_status(state=RUNNING, ready=True))
+        standin.store.update_status(RAYCLUSTERS, NAMESPACE, CLUSTER, progress_cluster_status(2) | READY_STATUS)
+
+    steps = {
+        f"RayCluster {CLUSTER}: 0 of 3 pods scheduled": schedule_all,
+        f"RayCluster {CLUSTER}: images pulled on 0 of 3 pods": pull_some,
+        f"RayCluster {CLUSTER}: images pulled on 2 of 3 pods": become_ready,
+    }
+    progress: list[str] = []
+
+    def on_progress(message: str) -> None:
+        progress.append(message)
+        if message in steps:
+            steps[message]()
+
+    # The clock moves, so that a step that never comes ends the wait with a timeout.
+    clusters = make_client(standin, FakeTime(tick_s=1.0))
+    clusters.wait_until_ready(CLUSTER, timeout_s=60, on_progress=on_progress)
+
+    assert progress == [
+        f"RayCluster {CLUSTER}: 0 of 2 workers ready",
+        f"RayCluster {CLUSTER}: 0 of 3 pods scheduled",
+        f"RayCluster {CLUSTER}: 3 of 3 pods scheduled",
+        f"RayCluster {CLUSTER}: images pulled on 0 of 3 pods",
+        f"RayCluster {CLUSTER}: images pulled on 2 of 3 pods",
+        f"RayCluster {CLUSTER}: state ready",
+        f"RayCluster {CLUSTER}: HeadPodReady",
+        f"RayCluster {CLUSTER}: 2 of 2 workers ready",
+        f"RayCluster {CLUSTER}: images pulled on 3 of 3 pods",
+        f"RayCluster {CLUSTER}: head pod ready",
+        f"RayCluster {CLUSTER} is ready; dashboard at http://127.0.0.1:18265",
+    ]
+
+
+def test_wait_lists_pods_once_per_turn(standin: KubeStandin, fake_time: FakeTime) -> None:
+    seed_cluster(standin, status=READY_STATUS)
+    seed_pod(standin, f"{CLUSTER}-head", node_type="head", status=pod_status(state=RUNNING, ready=True))
+    clusters = make_client(standin, fake_time, RecordingProbe(False, False, True))
+
+    clusters.wait_until_ready(CLUSTER, timeout_s=60)
+
+    assert len(statuses(standin, "get")) == 3
+    assert len(standin.calls(verb="list", plural="pods")) == 3
+
+
+def test_pod_progress_without_pods_is_empty() -> None:
+    assert pod_progress([], expected_pods=3) == []
+
+
+def test_pod_progress_counts_pods_not_created_yet() -> None:
+    pods = [make_pod("head", "head", pod_status(scheduled=False))]
+
+    assert pod_progress(pods, expected_pods=3) == ["0 of 3 pods scheduled"]
+
+
+def test_pod_progress_counts_extra_listed_pods() -> None:
+    pods = [make_pod(f"worker-{index}", "worker", pod_status(state=RUNNING)) for index in range(3)]
+
+    assert pod_progress(pods, expected_pods=2) == ["3 of 3 pods scheduled", "images pulled on 3 of 3 pods"]
+
+
+def test_pod_progress_head_needs_label() -> None:
+    pods = [make_pod("worker-0", "worker", pod_status(state=RUNNING, ready=True))]
+
+    assert "head pod ready" not in pod_progress(pods)
+
+
+CONTAINER_STATES = {
+    "running": (RUNNING, True),
+    "terminated": ({"terminated": {"exitCode": 1, "reason": "Error"}}, True),
+    "crash loop": ({"waiting": {"reason": "CrashLoopBackOff"}}, True),
+    "config error": ({"waiting": {"reason": "CreateContainerConfigError"}}, True),
+    "container creating": (CREATING, False),
+    "pod initializing": ({"waiting": {"reason": "PodInitializing"}}, False),
+    "image pull error": ({"waiting": {"reason": "ErrImagePull"}}, False),
+    "image pull back-off": ({"waiting": {"reason": "ImagePullBackOff"}}, False),
+    "waiting without reason": ({"waiting": {}}, False),
+    "no state": (None, False),
+}
+
+
+@pytest.mark.parametrize("case", list(CONTAINER_STATES), ids=list(CONTAINER_STATES))
+def test_image_pulled_by_container_state(case: str) -> None:
+    state, expected = CONTAINER_STATES[case]
+    pod = make_pod("head", "head", pod_status(state=state or {}))
+    container = pod.status.container_statuses[0]
+    if state is None:
+        container.state = None
+
+    assert image_pulled(container) is expected
+
+
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
@@ -491,7 +669,7 @@ MAX_AGE = dt.timedelta(hours=24)
 
 def listed_cluster(name: str, *, run_id: str | None, age: dt.timedelta) -> dict[str, Any]:
     created = (NOW - age).strftime("%Y-%m-%dT%H:%M:%SZ")
-    labels = {} if run_id is None else {RUN_ID_KEY: run_id}
+    labels = {ORIGIN_KEY: "dagster"} if run_id is None else {ORIGIN_KEY: "dagster", RUN_ID_KEY: run_id}
     return {"metadata": {"name": name, "namespace": NAMESPACE, "labels": labels, "creationTimestamp": created}}
 
 
@@ -512,7 +690,8 @@ def test_find_orphans_picks_ended_missing_and_old() -> None:
     assert by_name["ray-ended"].reason == "its Dagster run run-ended has ended"
     assert by_name["ray-missing"].reason == "its Dagster run run-missing does not exist"
     assert by_name["ray-unlabelled"].reason == "its Dagster run (unlabelled) does not exist"
-    assert "30.0 h old" in by_name["ray-old"].reason
+    # Created without a TTL annotation, so max_age is its lifetime.
+    assert "lifetime of 24 h ended" in by_name["ray-old"].reason
     assert by_name["ray-old"].run_id == "run-active-old"
     assert all(orphan.namespace == NAMESPACE for orphan in orphans)
 

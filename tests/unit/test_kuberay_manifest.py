@@ -70,7 +70,7 @@ def edge_requests(policy: Policy) -> list[dict[str, Any]]:
         {"template": "gpu", "workers": 2, "gpus_per_worker": policy.max_gpus_per_cluster // 2, "gpu_type": "a100"},
         {"template": "gpu", "workers": 1, "max_workers": 2, "gpus_per_worker": 1, "gpu_type": "t4"},
         {"template": "cpu", "workers": 1, "memory_per_worker": 200 * GIB, "cpus_per_worker": 64},
-        {"template": "cpu", "workers": 1, "team": "Ranking & Recommendations / EU " * 5, "ttl_hours": 72},
+        {"template": "cpu", "workers": 1, "team": "Ranking & Recommendations / EU " * 5, "ttl_minutes": 72 * 60},
     ]
 
 
@@ -135,7 +135,26 @@ def test_rendered_annotations_keep_full_values(policy: Policy) -> None:
     assert annotations["training-pipelines/owner"] == "ranking-team@example.com"
     assert annotations["training-pipelines/run-url"] == context.run_url
     assert annotations["dagster/run-id"] == "r" * 100
-    assert annotations["training-pipelines/ttl-hours"] == "8"
+    assert annotations["training-pipelines/ttl-minutes"] == "480"
+
+
+def test_manual_cluster_has_no_dagster_labels(policy: Policy) -> None:
+    context = make_context(origin="manual", run_id="3f2a", name="alice-experiment", partition=None)
+    manifest = render(policy, context=context)
+    labels = manifest["metadata"]["labels"]
+    assert manifest["metadata"]["name"] == "alice-experiment"
+    assert labels["training-pipelines/origin"] == "manual"
+    assert labels["training-pipelines/request-id"] == "3f2a"
+    assert not [key for key in labels if key.startswith("dagster/")]
+    assert context.owner_labels == {"training-pipelines/request-id": "3f2a"}
+    assert "training-pipelines/run-url" not in manifest["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize("name", ["Alice", "1cluster", "a" * 54, "under_score", ""])
+def test_invalid_cluster_name_rejected(policy: Policy, name: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        render(policy, context=make_context(origin="manual", name=name or None, run_id=""))
+    assert caught.value.field in ("name", "run_id")
 
 
 def test_partition_label_omitted_when_none(policy: Policy) -> None:
@@ -282,8 +301,9 @@ def rejected_field(policy: Policy, **request_fields: Any) -> str:
         ({"template": "gpu", "gpus_per_worker": 1}, "gpu_type"),
         ({"template": "gpu", "gpu_type": "t4"}, "gpu_type"),
         ({"image": ""}, "image"),
-        ({"ttl_hours": 0}, "ttl_hours"),
-        ({"ttl_hours": 73}, "ttl_hours"),
+        ({"ttl_minutes": 0}, "ttl"),
+        ({"ttl_minutes": -60}, "ttl"),
+        ({"ttl_minutes": 72 * 60 + 1}, "ttl"),
     ],
 )
 def test_invalid_request_names_field(policy: Policy, request_fields: dict[str, Any], field: str) -> None:

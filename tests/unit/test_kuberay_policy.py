@@ -380,11 +380,14 @@ def test_container_without_memory_rejected(policy: Policy) -> None:
 
 
 def test_ttl_defaults_and_caps(policy: Policy) -> None:
-    assert policy.ttl_hours(None) == 8
-    assert policy.ttl_hours(72) == 72
-    with pytest.raises(InvalidRequestError) as caught:
-        policy.ttl_hours(73)
-    assert caught.value.field == "ttl_hours"
+    assert policy.ttl_minutes(None) == 8 * 60
+    assert policy.ttl_minutes(1) == 1
+    assert policy.ttl_minutes(72 * 60) == 72 * 60
+    for bad in (72 * 60 + 1, 0, -5):
+        with pytest.raises(InvalidRequestError) as caught:
+            policy.ttl_minutes(bad)
+        assert caught.value.field == "ttl"
+        assert "72h" in caught.value.fix
 
 
 def write_policy(tmp_path: Path, text: str) -> str:

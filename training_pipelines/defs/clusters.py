@@ -16,10 +16,11 @@ ORPHAN_SENSOR_INTERVAL_S = 120
     minimum_interval_seconds=ORPHAN_SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Deletes this code location's RayClusters whose run ended, failed, was cancelled or no longer "
-    "exists, or that passed the maximum age.",
+    "exists, and every platform RayCluster in the namespace whose lifetime (TTL) has passed, including clusters "
+    "made with trainctl.",
 )
 def orphaned_ray_clusters_sensor(context: dg.SensorEvaluationContext, ray_cluster: RayClusterResource) -> dg.SkipReason:
-    """Delete orphaned RayClusters; running it twice deletes nothing more, because a 404 counts as deleted."""
+    """Delete orphaned and expired RayClusters; running it twice deletes nothing more, because a 404 counts as deleted."""
     if ray_cluster.backend != "kuberay":
         return dg.SkipReason(
             "The Ray backend is local: a run's watchdog stops its cluster, so there is nothing to sweep"
@@ -27,7 +28,7 @@ def orphaned_ray_clusters_sensor(context: dg.SensorEvaluationContext, ray_cluste
 
     api_client = ray_cluster.kubernetes_api()
     custom_api = client.CustomObjectsApi(api_client)
-    clusters = list_clusters(custom_api, namespace=ray_cluster.namespace, code_location=ray_cluster.code_location)
+    clusters = list_clusters(custom_api, namespace=ray_cluster.namespace)
 
     def run_is_active(run_id: str) -> bool | None:
         run = context.instance.get_run_by_id(run_id)
@@ -37,6 +38,7 @@ def orphaned_ray_clusters_sensor(context: dg.SensorEvaluationContext, ray_cluste
         clusters,
         run_is_active=run_is_active,
         now=dt.datetime.now(dt.UTC),
+        code_location=ray_cluster.code_location,
         max_age=dt.timedelta(hours=ray_cluster.max_cluster_age_hours),
     )
     if not orphans:

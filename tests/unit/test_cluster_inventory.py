@@ -1,0 +1,131 @@
+"""Cluster summaries, expiry and the orphan rules for clusters made by hand; the local cluster records."""
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+
+from resources.kuberay.inventory import summarize
+from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
+from resources.kuberay.orphans import find_orphans
+from resources.kuberay.policy import load_policy
+from resources.local import LocalRayCluster
+from resources.local_registry import LocalRegistry, ProcessRef, record_of
+from resources.spec import ClusterSpec
+
+NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
+GIB = 1024**3
+
+
+def cluster(
+    name: str,
+    *,
+    origin: str = "manual",
+    created: dt.datetime = NOW - dt.timedelta(hours=1),
+    ttl_minutes: int = 120,
+    code_location: str = "training_pipelines",
+    workers: int = 2,
+) -> dict[str, Any]:
+    """A RayCluster as the API server returns it, rendered from the real templates and policy."""
+    context = RunContext(
+        run_id=f"run-of-{name}",
+        job_name="daily_retrain_job" if origin == "dagster" else "",
+        namespace="ml-training",
+        code_location=code_location if origin == "dagster" else "",
+        owner="alice",
+        run_url="",
+        origin=origin,
+        name=name,
+        partition="1998-03-15" if origin == "dagster" else None,
+    )
+    request = ClusterRequest(workers=workers, memory_per_worker=4 * GIB, head_memory=2 * GIB, ttl_minutes=ttl_minutes)
+    manifest = render_raycluster(request=request, context=context, policy=load_policy())
+    manifest["metadata"]["creationTimestamp"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+    manifest["status"] = {"state": "ready", "readyWorkerReplicas": workers, "desiredWorkerReplicas": workers}
+    return manifest
+
+
+def test_summary_reads_origin_size_and_expiry() -> None:
+    summary = summarize(cluster("exp-a", workers=3))
+    assert summary.origin == "manual" and summary.owner == "alice"
+    assert (summary.workers_ready, summary.workers_desired) == (3, 3)
+    assert summary.memory == 2 * GIB + 3 * 4 * GIB
+    assert summary.cpus == 1 + 3
+    assert summary.expires_at == NOW + dt.timedelta(hours=1)
+    assert not summary.expired(NOW)
+    assert summary.expired(NOW + dt.timedelta(hours=1))
+    assert summary.describe_origin() == "manual (alice)"
+    assert summary.to_dict(NOW)["time_left_s"] == 3600
+
+
+def test_summary_of_a_run_cluster_names_run_and_partition() -> None:
+    summary = summarize(cluster("ray-run", origin="dagster"))
+    assert summary.origin == "dagster"
+    assert summary.run_id == "run-of-ray-run"
+    assert summary.describe_origin() == "run run-of-r (1998-03-15)"
+
+
+def test_manual_clusters_are_deleted_only_once_expired() -> None:
+    clusters = [
+        cluster("exp-young"),
+        cluster("exp-expired", created=NOW - dt.timedelta(hours=3)),
+    ]
+    orphans = find_orphans(clusters, run_is_active=lambda run_id: None, now=NOW)
+    assert [orphan.name for orphan in orphans] == ["exp-expired"]
+    assert "lifetime of 2 h ended" in orphans[0].reason
+
+
+def test_runs_of_other_code_locations_are_left_alone_until_expired() -> None:
+    clusters = [
+        cluster("ray-theirs", origin="dagster", code_location="other_location"),
+        cluster("ray-theirs-old", origin="dagster", code_location="other_location", created=NOW - dt.timedelta(days=1)),
+        cluster("ray-ours", origin="dagster"),
+    ]
+    orphans = find_orphans(clusters, run_is_active=lambda run_id: None, now=NOW, code_location="training_pipelines")
+    assert sorted(orphan.name for orphan in orphans) == ["ray-ours", "ray-theirs-old"]
+
+
+def test_active_run_keeps_its_cluster_until_its_lifetime_ends() -> None:
+    young = cluster("ray-live", origin="dagster")
+    old = cluster("ray-live-old", origin="dagster", created=NOW - dt.timedelta(hours=5))
+    orphans = find_orphans([young, old], run_is_active=lambda run_id: True, now=NOW)
+    assert [orphan.name for orphan in orphans] == ["ray-live-old"]
+
+
+def test_registry_drops_records_whose_holder_died(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        cluster = LocalRayCluster(
+            name="exp-held", spec=ClusterSpec(workers=1, cpus_per_worker=1, memory_per_worker=GIB)
+        )
+        # A cluster whose only "node" is the sleeping child.
+        cluster._nodes = [SimpleNamespace(process=holder)]  # type: ignore[list-item]
+        record = record_of(cluster, dashboard_url="http://127.0.0.1:1", owner="alice", ttl=dt.timedelta(hours=1))
+        # The holder is this test process.
+        assert record.holder.pid == os.getpid()
+        registry.write(record)
+        assert [r.name for r in registry.list()] == ["exp-held"]
+        assert registry.get("exp-held") == record
+
+        stale = json.loads(registry.path("exp-held").read_text())
+        stale["holder"] = {"pid": holder.pid, "started": psutil.Process(holder.pid).create_time()}
+        registry.path("exp-held").write_text(json.dumps(stale))
+        assert registry.get("exp-held") is not None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert registry.list() == []
+    assert not registry.path("exp-held").exists()
+
+
+def test_process_ref_detects_pid_reuse() -> None:
+    me = ProcessRef.of(os.getpid())
+    assert me.is_alive()
+    assert not ProcessRef(pid=me.pid, started=me.started - 100).is_alive()
