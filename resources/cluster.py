@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import psutil
@@ -16,17 +18,43 @@ from kubernetes.client import ApiClient
 from pydantic import Field, PrivateAttr
 
 from resources.errors import InvalidRequestError
+from resources.history import HistoryError, JobHistory, JobRecord, state_dir
 from resources.jobs import JOB_TIMEOUT_S, JobOutcome, run_job
 from resources.kuberay.backend import KubeRayCluster, KubeRayClusterInfo, kubernetes_api_client
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
 from resources.kuberay.policy import Policy, load_policy
 from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster
+from resources.local_registry import LocalRegistry, record_of
+from resources.recorder import HistoryRecorder, open_history
 from resources.spec import ClusterSpec, parse_memory
 
 logger = logging.getLogger(__name__)
 
+BACKENDS = ("local", "kuberay")
+CLUSTER_VARIABLES = {
+    "RAY_WORKERS": ("workers", int),
+    "RAY_CPUS_PER_WORKER": ("cpus_per_worker", int),
+    "RAY_GPUS_PER_WORKER": ("gpus_per_worker", int),
+    "RAY_MEMORY_PER_WORKER": ("memory_per_worker", str),
+    "RAY_OBJECT_STORE_MEMORY": ("object_store_memory", str),
+    "RAY_HEAD_MEMORY": ("head_memory", str),
+    "KUBERAY_NAMESPACE": ("namespace", str),
+    "KUBERAY_TEMPLATE": ("template", str),
+    "KUBERAY_IMAGE": ("image", str),
+    "KUBERAY_GPU_TYPE": ("gpu_type", str),
+    "KUBERAY_TEAM": ("team", str),
+    "KUBERAY_POLICY_FILE": ("policy_file", str),
+    "KUBERAY_DASHBOARD_URL_TEMPLATE": ("dashboard_url_template", str),
+    "KUBE_API_URL": ("kube_api_url", str),
+    "KUBE_CONTEXT": ("kube_context", str),
+    "DAGSTER_UI_URL": ("dagster_url", str),
+    "RAY_MAX_CLUSTER_AGE_HOURS": ("max_cluster_age_hours", float),
+    "KUBERAY_PORT_FORWARD": ("port_forward", bool),
+    "TRAINING_HISTORY_URL": ("history_url", str),
+}
 
-def _local_gpu_count() -> int:
+
+def local_gpu_count() -> int:
     """Count the NVIDIA GPUs that ``nvidia-smi`` lists; 0 when it is not installed or fails."""
     executable = shutil.which("nvidia-smi")
     if executable is None:
@@ -89,7 +117,14 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
     dagster_url: str = Field(default="http://127.0.0.1:3000", description="Base URL of the Dagster UI, for run links.")
     code_location: str = Field(default="training_pipelines", description="Code location label of the RayCluster.")
     max_cluster_age_hours: float = Field(
-        default=24.0, description="The orphan sensor deletes this code location's RayClusters older than this."
+        default=24.0,
+        description="Lifetime of a run's RayCluster: the orphan sensor deletes it after this even if the run goes on.",
+    )
+
+    history_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the job history; empty uses TRAINING_HISTORY_URL or a SQLite file in "
+        "the platform's state folder.",
     )
 
     _cluster: LocalRayCluster | KubeRayCluster | None = PrivateAttr(default=None)
@@ -98,6 +133,57 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
     _job_name: str = PrivateAttr(default="")
     _partition: str | None = PrivateAttr(default=None)
     _owner: str = PrivateAttr(default="")
+    _history: JobHistory | None = PrivateAttr(default=None)
+    _registry: LocalRegistry | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RayClusterResource:
+        """Build the resource from RAY_BACKEND and the variables of ``CLUSTER_VARIABLES``.
+
+        Raises:
+            InvalidRequestError: naming the variable whose value is invalid.
+        """
+        env = os.environ if environ is None else environ
+        backend = env.get("RAY_BACKEND", "local")
+        if backend not in BACKENDS:
+            raise InvalidRequestError(
+                "RAY_BACKEND", f"{backend!r} is not a backend", f"Use one of {', '.join(BACKENDS)}."
+            )
+
+        settings: dict[str, object] = {"backend": backend}
+        variable_of_field = {}
+        for variable, (field, kind) in CLUSTER_VARIABLES.items():
+            if variable not in env:
+                continue
+            variable_of_field[field] = variable
+            if kind is bool:
+                if env[variable].lower() not in ("true", "false", "1", "0"):
+                    raise InvalidRequestError(
+                        variable, f"{env[variable]!r} is not a boolean", "Set it to true or false."
+                    )
+                settings[field] = env[variable].lower() in ("true", "1")
+            elif kind in (int, float):
+                try:
+                    settings[field] = kind(env[variable])
+                except ValueError as err:
+                    raise InvalidRequestError(
+                        variable, f"{env[variable]!r} is not a number", "Set it to a number such as 2."
+                    ) from err
+            else:
+                settings[field] = env[variable]
+
+        resource = cls(**settings)  # type: ignore[arg-type]
+        try:
+            # The machine's memory is checked when a run starts, on the machine that runs it.
+            resource.cluster_spec(check_machine=False)
+            if backend == "kuberay":
+                resource.cluster_request()
+        except InvalidRequestError as err:
+            variable = variable_of_field.get(err.field)
+            if variable is None:
+                raise
+            raise InvalidRequestError(variable, err.problem, err.fix) from err
+        return resource
 
     def cluster_spec(self, *, check_machine: bool = True) -> ClusterSpec:
         """Build and validate the spec, against this machine's memory and GPUs when ``check_machine``.
@@ -114,7 +200,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             head_cpus=self.head_cpus,
         )
         if check_machine and self.backend == "local":
-            spec.validate(available_memory=psutil.virtual_memory().total, available_gpus=_local_gpu_count())
+            spec.validate(available_memory=psutil.virtual_memory().total, available_gpus=local_gpu_count())
         else:
             spec.validate()
         return spec
@@ -139,9 +225,19 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             head_memory=parse_memory(self.head_memory, field="head_memory"),
             image=self.image,
             team=self.team or None,
+            ttl_minutes=self._ttl_minutes(),
         )
         request.validate()
         return request
+
+    def _ttl_minutes(self) -> int:
+        # A run's cluster lives as long as its run, and at most max_cluster_age_hours: past
+        # that the orphan sensor deletes it even while the run goes on.
+        minutes = round(self.max_cluster_age_hours * 60)
+        try:
+            return self.policy().ttl_minutes(minutes if minutes >= 1 else 0)
+        except InvalidRequestError as err:
+            raise InvalidRequestError("max_cluster_age_hours", err.problem, err.fix) from err
 
     def run_context(self, *, asset: str | None = None) -> RunContext:
         """Describe where a RayCluster of this run comes from, for its labels, annotations and owner."""
@@ -174,7 +270,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
 
         # Invalid requests and policy violations fail the run here, before any step.
         if self.backend == "kuberay":
-            render_raycluster(request=self.cluster_request(), context=self.run_context(), policy=self._policy())
+            render_raycluster(request=self.cluster_request(), context=self.run_context(), policy=self.policy())
         else:
             self.cluster_spec()
 
@@ -182,7 +278,8 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         """Build an API client from ``kube_api_url``, ``kubeconfig`` and ``kube_context``, or in-cluster."""
         return kubernetes_api_client(api_url=self.kube_api_url, kubeconfig=self.kubeconfig, context=self.kube_context)
 
-    def _policy(self) -> Policy:
+    def policy(self) -> Policy:
+        """Load the policy of ``policy_file``, or the packaged default."""
         return load_policy(self.policy_file)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
@@ -205,7 +302,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
                 api_client=self.kubernetes_api(),
                 request=self.cluster_request(),
                 context=self.run_context(asset=asset),
-                policy=self._policy(),
+                policy=self.policy(),
                 dashboard_url_template=self.dashboard_url_template,
                 ready_timeout_s=self.start_timeout_s,
                 port_forward=self.port_forward,
@@ -224,7 +321,29 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         )
         self._cluster = cluster
         info = cluster.start()
+        self._register(cluster, info, asset=asset)
         return info.startup_s
+
+    def _register(self, cluster: LocalRayCluster, info: LocalClusterInfo, *, asset: str | None) -> None:
+        """Make the run's local cluster visible to ``trainctl list``; a failure here costs only a warning."""
+        registry = LocalRegistry(state_dir() / "clusters")
+        try:
+            registry.write(
+                record_of(
+                    cluster,
+                    dashboard_url=info.dashboard_url,
+                    origin="dagster",
+                    owner=self._owner or "dagster",
+                    team=self.team,
+                    run_id=self._run_id,
+                    partition=self._partition or "",
+                    asset=asset or "",
+                )
+            )
+        except (OSError, psutil.Error) as err:
+            logger.warning("The local cluster %s is not listed by trainctl: %s", cluster.name, err)
+            return
+        self._registry = registry
 
     @property
     def info(self) -> LocalClusterInfo | KubeRayClusterInfo:
@@ -244,16 +363,34 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         job_name: str,
         on_log_line: Callable[[str], None],
         env_vars: dict[str, str] | None = None,
+        asset: str | None = None,
     ) -> JobOutcome:
-        """Run ``entrypoint`` as a Ray job on the started cluster and stream its log lines.
+        """Run ``entrypoint`` as a Ray job on the started cluster, stream its log lines and record it in the history.
 
         Raises:
             RayJobError: the job did not succeed; carries its last log lines.
         """
         from ray.job_submission import JobSubmissionClient
 
-        client = JobSubmissionClient(self.info.dashboard_url)
+        info = self.info
+        client = JobSubmissionClient(info.dashboard_url)
         submission_id = f"{self._name}-{job_name}-{uuid.uuid4().hex[:6]}"
+        record = JobRecord(
+            job_id=submission_id,
+            cluster=info.name,
+            backend=self.backend,
+            namespace=self.namespace if self.backend == "kuberay" else None,
+            template=self.template if self.backend == "kuberay" else None,
+            request=self.request_summary(),
+            entrypoint=entrypoint,
+            submitter=self._owner or "dagster",
+            origin="dagster",
+            run_id=self._run_id or None,
+            partition=self._partition,
+            asset=asset,
+            dashboard_url=info.dashboard_url,
+            submitted_at=dt.datetime.now(dt.UTC),
+        )
         return run_job(
             client,
             entrypoint=entrypoint,
@@ -261,13 +398,44 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             on_log_line=on_log_line,
             env_vars=env_vars,
             timeout_s=self.job_timeout_s,
+            observer=HistoryRecorder(self._job_history(), record),
         )
+
+    def request_summary(self) -> dict[str, object]:
+        """Summarize the cluster request for the job history."""
+        summary: dict[str, object] = {
+            "workers": self.workers,
+            "cpus_per_worker": self.cpus_per_worker,
+            "memory_per_worker": self.memory_per_worker,
+            "gpus_per_worker": self.gpus_per_worker,
+        }
+        if self.backend == "kuberay":
+            summary.update({"gpu_type": self.gpu_type, "image": self.image, "head_memory": self.head_memory})
+        return summary
+
+    def _job_history(self) -> JobHistory | None:
+        if self._history is None:
+            self._history = open_history(self.history_url)
+        return self._history
 
     def stop(self) -> None:
         """Stop the cluster if it runs; safe to call at any time."""
         if self._cluster is not None:
+            name = self._cluster.name
             self._cluster.stop()
             self._cluster = None
+            if self._registry is not None:
+                self._registry.remove(name)
+            if self._history is not None:
+                # A job still marked running when its cluster goes never reports its end.
+                try:
+                    self._history.mark_lost(
+                        name, message="its cluster was removed before the job ended", at=dt.datetime.now(dt.UTC)
+                    )
+                except HistoryError as err:
+                    logger.warning("The job history was not updated: %s", err)
+                self._history.close()
+                self._history = None
 
 
 __all__ = ["InvalidRequestError", "RayClusterResource"]

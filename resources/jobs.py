@@ -7,6 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -17,6 +18,24 @@ logger = logging.getLogger(__name__)
 JOB_POLL_INTERVAL_S = 1.0
 JOB_TIMEOUT_S = 6 * 3600.0
 LOG_TAIL_LINES = 40
+# How often an observer gets the job's latest log lines while it runs.
+TAIL_REPORT_INTERVAL_S = 10.0
+
+
+class JobObserver(Protocol):
+    """Follows one job from submission to its end, for example to keep a record of it.
+
+    ``run_job`` calls ``started`` once the job leaves PENDING, ``log_tail`` every
+    ``TAIL_REPORT_INTERVAL_S`` while it runs, and ``finished`` once with a
+    terminal status (``STOPPED`` when the submitter was interrupted). An observer must
+    not raise: a failing record must not fail the job.
+    """
+
+    def started(self) -> None: ...
+
+    def log_tail(self, tail: str) -> None: ...
+
+    def finished(self, status: str, message: str, tail: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -35,22 +54,27 @@ def run_job(
     submission_id: str,
     on_log_line: Callable[[str], None],
     env_vars: dict[str, str] | None = None,
+    runtime_env: dict[str, Any] | None = None,
     timeout_s: float = JOB_TIMEOUT_S,
+    observer: JobObserver | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> JobOutcome:
     """Submit ``entrypoint``, pass each new log line to ``on_log_line`` and wait for the end.
 
-    The job runs the cluster's own Python environment; no code is uploaded. If the
-    caller is interrupted (run termination raises in the waiting thread), the job is
-    stopped before the interruption propagates.
+    Unless ``runtime_env`` names a ``working_dir``, the job runs the cluster's own
+    Python environment and no code is uploaded. If the caller is interrupted (run
+    termination raises in the waiting thread, Ctrl-C in a terminal), the job is stopped
+    before the interruption propagates.
 
     Raises:
         RayJobError: the job failed, was stopped, or outlived ``timeout_s``; carries
             the job's last log lines.
     """
-    runtime_env = {"env_vars": env_vars} if env_vars else None
-    job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env)
+    environment = dict(runtime_env or {})
+    if env_vars:
+        environment["env_vars"] = {**environment.get("env_vars", {}), **env_vars}
+    job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=environment or None)
     logger.info("Submitted Ray job %s: %s", job_id, entrypoint)
 
     submitted_at = clock()
@@ -58,11 +82,14 @@ def run_job(
     started_at: float | None = None
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     log_offset = 0
+    tail_reported_at = submitted_at
     try:
         while True:
             status = client.get_job_status(job_id)
             if started_at is None and status != JobStatus.PENDING:
                 started_at = clock()
+                if observer is not None:
+                    observer.started()
 
             # Limitation: the Jobs API returns the whole log on each call, which is fine for
             # training logs of a few MB; tail_job_logs would need an event loop in this thread.
@@ -78,19 +105,37 @@ def run_job(
                 break
             if clock() > deadline:
                 raise RayJobError(job_id, "TIMED_OUT", f"still running after {timeout_s:.0f} s", "\n".join(tail))
+            if observer is not None and clock() - tail_reported_at >= TAIL_REPORT_INTERVAL_S:
+                observer.log_tail("\n".join(tail))
+                tail_reported_at = clock()
             sleep(JOB_POLL_INTERVAL_S)
-    except BaseException:
+    except BaseException as interruption:
         _stop_quietly(client, job_id)
+        if observer is not None:
+            observer.finished("STOPPED", _stop_reason(interruption), "\n".join(tail))
         raise
 
     finished_at = clock()
     if status != JobStatus.SUCCEEDED:
         info = client.get_job_info(job_id)
         reason = info.message or "no message from Ray"
+        if observer is not None:
+            observer.finished(str(status.value), reason, "\n".join(tail))
         raise RayJobError(job_id, str(status.value), reason, "\n".join(tail))
+    if observer is not None:
+        observer.finished(str(status.value), "", "\n".join(tail))
 
     started = started_at if started_at is not None else finished_at
     return JobOutcome(job_id=job_id, queued_s=started - submitted_at, running_s=finished_at - started)
+
+
+def _stop_reason(interruption: BaseException) -> str:
+    if isinstance(interruption, RayJobError):
+        return interruption.reason
+    if not isinstance(interruption, Exception):
+        # KeyboardInterrupt from Ctrl-C, or Dagster's interruption when a run is terminated.
+        return f"the submitter was interrupted ({type(interruption).__name__}), so the job was stopped"
+    return f"the submitter stopped the job after an error: {interruption!r}"
 
 
 def _stop_quietly(client: JobSubmissionClient, job_id: str) -> None:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -77,6 +78,9 @@ class LocalRayCluster:
     """A Ray cluster made of processes on this machine, owned by the object that started it.
 
     Use it as a context manager, or call :meth:`start` and then :meth:`stop` in ``finally``.
+    Setting ``cancel`` makes a start in progress stop what it started and raise
+    ``ClusterStartError``; unlike an exception raised from a signal handler, it never
+    interrupts the start between launching a node and recording it.
     """
 
     def __init__(
@@ -89,10 +93,12 @@ class LocalRayCluster:
         python_executable: str = sys.executable,
         start_timeout_s: float = START_TIMEOUT_S,
         on_progress: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.name = name
+        self._cancel = cancel
         self.spec = spec
         self._node_ip = node_ip
         self._temp_root = temp_root
@@ -118,6 +124,10 @@ class LocalRayCluster:
     def pids(self) -> list[int]:
         """PIDs of the ``ray start`` process of each node; each is also its node's process group id."""
         return [node.process.pid for node in self._nodes]
+
+    def exited_nodes(self) -> list[str]:
+        """Names of the nodes whose ``ray start`` process has exited."""
+        return [node.name for node in self._nodes if node.process.poll() is not None]
 
     def start(self) -> LocalClusterInfo:
         """Start the head and all workers and wait until every node is registered.
@@ -282,6 +292,8 @@ class LocalRayCluster:
         logger.debug("Started Ray %s of %s as pid %d", node_name, self.name, process.pid)
 
     def _check_nodes_alive(self) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise ClusterStartError(self.name, "the start was cancelled")
         for node in self._nodes:
             code = node.process.poll()
             if code is not None:

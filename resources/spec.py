@@ -54,6 +54,56 @@ def parse_memory(value: str | int, *, field: str) -> int:
     return size
 
 
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
+
+
+def parse_duration_minutes(value: str, *, field: str) -> int:
+    """Parse a lifetime such as ``8h``, ``90m``, ``1h30m`` or ``2d`` into whole minutes.
+
+    Raises:
+        InvalidRequestError: the value does not parse or is not at least one minute.
+    """
+    text = str(value).strip().lower()
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        problem = f"{value!r} is not a duration"
+        if text.startswith("-"):
+            problem = f"must be positive, got {value!r}"
+        elif text.isdigit():
+            problem = f"{value!r} has no unit"
+        raise InvalidRequestError(field, problem, "Use days, hours and minutes such as '8h', '90m' or '1d12h'.")
+    days, hours, minutes = (int(part) if part else 0 for part in match.groups())
+    total = (days * 24 + hours) * 60 + minutes
+    if total < 1:
+        raise InvalidRequestError(field, f"must be at least 1 minute, got {value!r}", "Use a lifetime such as '8h'.")
+    return total
+
+
+def format_size(size: float) -> str:
+    """Format a byte count for people, rounded to one decimal: ``512Mi``, ``1.5Gi``, ``24Gi``."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        if abs(size) >= _UNITS[unit]:
+            value = size / _UNITS[unit]
+            return f"{value:.1f}".rstrip("0").rstrip(".") + unit
+    return f"{int(size)}"
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds for a table: ``45s``, ``12m``, ``3h05m``, ``2d04h``; negative values with a minus sign."""
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(int(seconds))
+    if seconds < 60:
+        return f"{sign}{seconds}s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{sign}{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{sign}{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{sign}{days}d{hours:02d}h"
+
+
 def format_memory(size: int) -> str:
     """Format a byte count with the largest binary unit that divides it, such as ``2Gi``."""
     for unit in ("Ti", "Gi", "Mi", "Ki"):

@@ -6,6 +6,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from resources.history import JobHistory, state_dir
+from resources.local_registry import LocalRegistry
 from tests.integration.conftest import materialize_history, ray_processes, small_resources
 from training_pipelines.definitions import defs
 
@@ -15,7 +17,8 @@ PARTITION = "1997-10-20"
 
 
 def test_partition_trains_end_to_end(storage_root: Path, no_leaked_ray_processes: None) -> None:
-    resources = small_resources(storage_root)
+    history_url = f"sqlite:///{storage_root.parent / 'history.db'}"
+    resources = small_resources(storage_root, history_url=history_url)
     materialize_history(resources, first="1997-09-20", last="1997-10-21")
     job = defs.resolve_job_def("daily_retrain_job")
 
@@ -47,6 +50,19 @@ def test_partition_trains_end_to_end(storage_root: Path, no_leaked_ray_processes
     if checks[0].passed:
         assert champion["partition"] == PARTITION
     assert not list(storage_root.rglob("*.tmp")), "a temporary file was left behind"
+
+    # The training job is in the job history, linked from the asset's metadata.
+    job_id = model["ray_job_id"].value
+    assert job_id in model["job_history"].value
+    with JobHistory(history_url) as history:
+        record = history.get(job_id)
+    assert record is not None
+    assert (record.status, record.origin, record.backend) == ("SUCCEEDED", "dagster", "local")
+    assert (record.run_id, record.partition, record.asset) == (result.run_id, PARTITION, "ranking_model")
+    assert record.started_at is not None and record.ended_at is not None
+    assert "Epoch 2/2" in record.log_tail
+    # The run's cluster was listed for trainctl while it ran, and is no longer.
+    assert LocalRegistry(state_dir() / "clusters").list() == []
 
 
 def test_next_day_warm_starts(storage_root: Path, no_leaked_ray_processes: None) -> None:

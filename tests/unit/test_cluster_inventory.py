@@ -53,7 +53,8 @@ def cluster(
 
 def test_summary_reads_origin_size_and_expiry() -> None:
     summary = summarize(cluster("exp-a", workers=3))
-    assert summary.origin == "manual" and summary.owner == "alice"
+    assert summary.origin == "manual"
+    assert summary.owner == "alice"
     assert (summary.workers_ready, summary.workers_desired) == (3, 3)
     assert summary.memory == 2 * GIB + 3 * 4 * GIB
     assert summary.cpus == 1 + 3

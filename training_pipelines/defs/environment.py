@@ -20,27 +20,6 @@ from training_pipelines.defs.settings import RankingSettings
 DEFAULT_STORAGE_ROOT = ".data"
 
 
-BACKENDS = ("local", "kuberay")
-CLUSTER_VARIABLES = {
-    "RAY_WORKERS": ("workers", int),
-    "RAY_CPUS_PER_WORKER": ("cpus_per_worker", int),
-    "RAY_GPUS_PER_WORKER": ("gpus_per_worker", int),
-    "RAY_MEMORY_PER_WORKER": ("memory_per_worker", str),
-    "RAY_OBJECT_STORE_MEMORY": ("object_store_memory", str),
-    "RAY_HEAD_MEMORY": ("head_memory", str),
-    "KUBERAY_NAMESPACE": ("namespace", str),
-    "KUBERAY_TEMPLATE": ("template", str),
-    "KUBERAY_IMAGE": ("image", str),
-    "KUBERAY_GPU_TYPE": ("gpu_type", str),
-    "KUBERAY_TEAM": ("team", str),
-    "KUBERAY_POLICY_FILE": ("policy_file", str),
-    "KUBERAY_DASHBOARD_URL_TEMPLATE": ("dashboard_url_template", str),
-    "KUBE_API_URL": ("kube_api_url", str),
-    "KUBE_CONTEXT": ("kube_context", str),
-    "DAGSTER_UI_URL": ("dagster_url", str),
-    "RAY_MAX_CLUSTER_AGE_HOURS": ("max_cluster_age_hours", float),
-    "KUBERAY_PORT_FORWARD": ("port_forward", bool),
-}
 DEFAULT_RETRAIN_HOUR_UTC = 2
 
 
@@ -57,50 +36,12 @@ def retrain_hour(environ: Mapping[str, str] | None = None) -> int:
     return int(value)
 
 
-def _cluster_resource(env: Mapping[str, str]) -> RayClusterResource:
-    backend = env.get("RAY_BACKEND", "local")
-    if backend not in BACKENDS:
-        raise InvalidRequestError("RAY_BACKEND", f"{backend!r} is not a backend", f"Use one of {', '.join(BACKENDS)}.")
-
-    settings: dict[str, object] = {"backend": backend}
-    variable_of_field = {}
-    for variable, (field, kind) in CLUSTER_VARIABLES.items():
-        if variable not in env:
-            continue
-        variable_of_field[field] = variable
-        if kind is bool:
-            if env[variable].lower() not in ("true", "false", "1", "0"):
-                raise InvalidRequestError(variable, f"{env[variable]!r} is not a boolean", "Set it to true or false.")
-            settings[field] = env[variable].lower() in ("true", "1")
-        elif kind in (int, float):
-            try:
-                settings[field] = kind(env[variable])
-            except ValueError as err:
-                raise InvalidRequestError(
-                    variable, f"{env[variable]!r} is not a number", "Set it to a number such as 2."
-                ) from err
-        else:
-            settings[field] = env[variable]
-
-    resource = RayClusterResource(**settings)  # type: ignore[arg-type]
-    try:
-        # The machine's memory is checked when a run starts, on the machine that runs it.
-        resource.cluster_spec(check_machine=False)
-        if backend == "kuberay":
-            resource.cluster_request()
-    except InvalidRequestError as err:
-        variable = variable_of_field.get(err.field)
-        if variable is None:
-            raise
-        raise InvalidRequestError(variable, err.problem, err.fix) from err
-    return resource
-
-
 def build_resources(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """Build the resources from ``environ`` (the process environment when ``None``).
 
     Variables: TRAINING_STORAGE_ROOT, RATINGS_EVENTS_URI, RATINGS_USERS_URI,
-    RATINGS_ITEMS_URI, RAY_BACKEND and the RAY_* variables of CLUSTER_VARIABLES.
+    RATINGS_ITEMS_URI, and RAY_BACKEND with the variables of
+    ``resources.cluster.CLUSTER_VARIABLES``.
 
     Raises:
         InvalidRequestError: naming the variable whose value is invalid.
@@ -113,6 +54,6 @@ def build_resources(environ: Mapping[str, str] | None = None) -> dict[str, objec
             users_uri=env.get("RATINGS_USERS_URI", ""),
             items_uri=env.get("RATINGS_ITEMS_URI", ""),
         ),
-        "ray_cluster": _cluster_resource(env),
+        "ray_cluster": RayClusterResource.from_env(env),
         "ranking_settings": RankingSettings(),
     }

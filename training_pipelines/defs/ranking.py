@@ -109,12 +109,14 @@ def ranking_model(
             f"Training on {window_first}..{day} from scratch: there is no model of {previous} to warm-start from"
         )
 
-    startup_s = ray_cluster.ensure_started(on_progress=context.log.info, asset=context.asset_key.to_user_string())
+    asset = context.asset_key.to_user_string()
+    startup_s = ray_cluster.ensure_started(on_progress=context.log.info, asset=asset)
     outcome = ray_cluster.submit_job(
         # The job runs the cluster's own `python`: the image's on KubeRay, this environment's locally.
         entrypoint=f"python -m training_pipelines.training.ray_job {shlex.quote(request_uri)}",
         job_name=f"train-{day.isoformat()}",
         on_log_line=context.log.info,
+        asset=asset,
     )
     result = storage.read_json(MODEL_FOLDER, day.isoformat(), RESULT_FILE)
 
@@ -133,6 +135,8 @@ def ranking_model(
         "checkpoint_uri": dg.MetadataValue.path(str(result["checkpoint_uri"])),
         "model_uri": dg.MetadataValue.path(str(result["model_uri"])),
         "ray_job_id": dg.MetadataValue.text(outcome.job_id),
+        # The Ray dashboard goes with the cluster; the platform's job history keeps the record.
+        "job_history": dg.MetadataValue.md(f"`trainctl history --job {outcome.job_id}`"),
     }
     for epoch, loss in enumerate(losses, start=1):
         metadata[f"loss_epoch_{epoch}"] = dg.MetadataValue.float(loss)

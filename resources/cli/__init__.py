@@ -1,0 +1,1 @@
+"""The ``trainctl`` command line."""

@@ -1,0 +1,752 @@
+"""``trainctl``: Ray clusters for experiments, from the templates, policy and backends the pipelines use.
+
+Settings come from the same environment variables as the Dagster code location
+(RAY_BACKEND, KUBE_API_URL, KUBERAY_NAMESPACE, KUBERAY_POLICY_FILE, ...); the flags of
+each command override them. Exit codes are listed in ``EXIT_CODES`` and in
+docs/trainctl.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+import shlex
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from resources.cli.backends import (
+    ClusterNotFoundError,
+    Clusters,
+    KubeRayClusters,
+    LocalClusters,
+    UpRequest,
+    check_cluster_name,
+    current_user,
+    default_cluster_name,
+)
+from resources.cluster import RayClusterResource
+from resources.dashboard import DashboardError, node_usage
+from resources.errors import ClusterStartError, InvalidRequestError, PlatformError, RayJobError
+from resources.history import TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord
+from resources.jobs import JOB_POLL_INTERVAL_S, run_job
+from resources.kuberay.inventory import ClusterSummary
+from resources.kuberay.lifecycle import ClusterConflictError
+from resources.kuberay.manifest import manifest_to_yaml
+from resources.recorder import HistoryRecorder
+from resources.spec import format_duration, format_size, parse_duration_minutes, parse_memory
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INVALID_REQUEST = 3
+EXIT_NOT_FOUND = 4
+EXIT_START_FAILED = 5
+EXIT_PLATFORM = 6
+EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_JOB_FAILED: "the job failed or was stopped (submit, logs --follow)",
+    EXIT_USAGE: "wrong usage: unknown command or option, missing argument",
+    EXIT_INVALID_REQUEST: "invalid request or policy violation; nothing was created",
+    EXIT_NOT_FOUND: "no such cluster or job",
+    EXIT_START_FAILED: "the cluster did not become ready; nothing is left running",
+    EXIT_PLATFORM: "the Kubernetes API, the Ray dashboard or the job history failed",
+    EXIT_INTERRUPTED: "interrupted with Ctrl-C; what was being created is removed",
+}
+
+# Request fields and manifest paths, as the options a user typed.
+_OPTION_OF_FIELD = {
+    "template": "--template",
+    "workers": "--workers",
+    "min_workers": "--workers",
+    "max_workers": "--workers",
+    "cpus_per_worker": "--cpus",
+    "memory_per_worker": "--memory",
+    "gpus_per_worker": "--gpus-per-worker",
+    "gpu_type": "--gpu-type",
+    "image": "--image",
+    "team": "--team",
+    "ttl": "--ttl",
+    "name": "--name",
+}
+
+
+def option_for(field: str) -> str:
+    """Name the command-line option behind a request field or a manifest path of an ``InvalidRequestError``."""
+    if field in _OPTION_OF_FIELD:
+        return _OPTION_OF_FIELD[field]
+    rules = (
+        (".image", "--image"),
+        ("gpu-type", "--gpu-type"),
+        ("nvidia.com/gpu", "--gpus-per-worker"),
+        ("Replicas", "--workers"),
+        ("memory", "--memory"),
+        (".cpu", "--cpus"),
+    )
+    return next((option for marker, option in rules if marker in field), field)
+
+
+class CommandError(click.ClickException):
+    """An error shown as ``Error: <message>`` with its own exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(command: F) -> F:
+    """Turn the platform's errors into messages and the documented exit codes."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except InvalidRequestError as err:
+            raise CommandError(
+                f"{option_for(err.field)}: {err.problem}. {err.fix} Nothing was created.", EXIT_INVALID_REQUEST
+            ) from err
+        except ClusterNotFoundError as err:
+            raise CommandError(str(err), EXIT_NOT_FOUND) from err
+        except (ClusterStartError, ClusterConflictError) as err:
+            raise CommandError(str(err), EXIT_START_FAILED) from err
+        except RayJobError as err:
+            raise CommandError(str(err), EXIT_JOB_FAILED) from err
+        except ApiException as err:
+            raise CommandError(
+                f"the Kubernetes API returned HTTP {err.status} {err.reason}: {_api_message(err)}", EXIT_PLATFORM
+            ) from err
+        except urllib3.exceptions.HTTPError as err:
+            raise CommandError(
+                f"the Kubernetes API cannot be reached: {err}. Check KUBE_API_URL or the kubeconfig context.",
+                EXIT_PLATFORM,
+            ) from err
+        except (DashboardError, HistoryError, PlatformError) as err:
+            raise CommandError(str(err), EXIT_PLATFORM) from err
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _api_message(err: ApiException) -> str:
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.body)
+    except ValueError:
+        return str(err.body)
+
+
+def _settings(backend: str | None, namespace: str | None) -> RayClusterResource:
+    environ = dict(os.environ)
+    if backend:
+        environ["RAY_BACKEND"] = backend
+    if namespace:
+        environ["KUBERAY_NAMESPACE"] = namespace
+    return RayClusterResource.from_env(environ)
+
+
+def _clusters(backend: str | None, namespace: str | None) -> Clusters:
+    settings = _settings(backend, namespace)
+    return KubeRayClusters(settings) if settings.backend == "kuberay" else LocalClusters(settings)
+
+
+def _history(url: str | None) -> JobHistory:
+    return JobHistory(url or os.environ.get("TRAINING_HISTORY_URL") or None)
+
+
+def backend_options(command: F) -> F:
+    """Add ``--backend`` and ``--namespace``, whose defaults come from RAY_BACKEND and KUBERAY_NAMESPACE."""
+    command = click.option(
+        "--namespace", default=None, help="Namespace of the RayClusters. [default: KUBERAY_NAMESPACE or 'default']"
+    )(command)
+    return click.option(
+        "--backend",
+        type=click.Choice(["local", "kuberay"]),
+        default=None,
+        help="Where clusters run. [default: RAY_BACKEND or 'local']",
+    )(command)
+
+
+def output_option(command: F) -> F:
+    """Add ``--output table|json``."""
+    return click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)(
+        command
+    )
+
+
+def request_options(command: F) -> F:
+    """Add the options that describe a cluster, shared by ``up`` and ``render``."""
+    options = [
+        click.option("--name", default=None, help="Cluster name. [default: ray-<user>-<random>]"),
+        click.option(
+            "--ttl", default=None, help="Lifetime, such as 8h, 90m or 1d; capped by the policy. [default: 8h]"
+        ),
+        click.option("--team", default=None, help="Team label, for listings and cost reports."),
+        click.option("--image", default=None, help="Ray image; must pass the policy's allow-list."),
+        click.option("--gpu-type", default=None, help="GPU type the policy knows, such as l4 or a100."),
+        click.option("--gpus-per-worker", type=int, default=0, show_default=True),
+        click.option("--memory", default="2Gi", show_default=True, help="Memory of each worker, such as 8Gi."),
+        click.option("--cpus", type=int, default=1, show_default=True, help="CPUs of each worker."),
+        click.option("--workers", type=int, default=2, show_default=True),
+        click.option("--template", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu with GPUs]"),
+    ]
+    for option in options:
+        command = option(command)
+    return command
+
+
+def _up_request(
+    *,
+    template: str | None,
+    workers: int,
+    cpus: int,
+    memory: str,
+    gpus_per_worker: int,
+    gpu_type: str | None,
+    image: str | None,
+    team: str | None,
+    ttl: str | None,
+    name: str | None,
+) -> UpRequest:
+    owner = current_user()
+    if name is not None:
+        check_cluster_name(name)
+    return UpRequest(
+        template=template or ("gpu" if gpus_per_worker > 0 else "cpu"),
+        workers=workers,
+        cpus_per_worker=cpus,
+        memory_per_worker=parse_memory(memory, field="memory_per_worker"),
+        gpus_per_worker=gpus_per_worker,
+        gpu_type=gpu_type,
+        image=image,
+        team=team,
+        ttl_minutes=None if ttl is None else parse_duration_minutes(ttl, field="ttl"),
+        name=name or default_cluster_name(owner),
+        owner=owner,
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="training-pipelines")
+def cli() -> None:
+    """Ray clusters for experiments, on the platform's templates and policy.
+
+    \b
+    Example:
+      trainctl up --workers 2 --memory 4Gi --ttl 2h
+      trainctl submit ray-alice-3f2a1c -- python -c "import ray; ray.init(); print(ray.cluster_resources())"
+      trainctl down ray-alice-3f2a1c
+    """
+
+
+@cli.command()
+@request_options
+@backend_options
+@handle_errors
+def up(backend: str | None, namespace: str | None, **request: Any) -> None:
+    """Create a cluster and wait until every worker has joined.
+
+    The request is checked against the policy before anything is created. Progress
+    goes to stderr; the name, dashboard and start-up time to stdout. Ctrl-C while it
+    starts removes what was created.
+
+    \b
+    Example:
+      trainctl up --backend kuberay --template gpu --workers 2 --gpus-per-worker 1 \\
+        --gpu-type l4 --memory 16Gi --team ranking --ttl 4h
+    """
+    clusters = _clusters(backend, namespace)
+    up_request = _up_request(**request)
+    clusters.check(up_request)
+
+    started_at = time.monotonic()
+
+    def progress(message: str) -> None:
+        click.echo(f"[{time.monotonic() - started_at:5.1f}s] {message}", err=True)
+
+    started = clusters.up(up_request, progress)
+    expires = f"{started.expires_at:%Y-%m-%d %H:%M} UTC" if started.expires_at else "when its run ends"
+    click.echo(f"name:      {started.name}")
+    click.echo(f"dashboard: {started.dashboard_url}")
+    click.echo(f"ready in:  {started.startup_s:.1f} s")
+    click.echo(f"expires:   {expires}")
+
+
+@cli.command()
+@request_options
+@click.option("--namespace", default=None, help="Namespace of the RayCluster. [default: KUBERAY_NAMESPACE]")
+@handle_errors
+def render(namespace: str | None, **request: Any) -> None:
+    """Print the RayCluster manifest that `up --backend kuberay` would create, and call no API.
+
+    The manifest has the policy applied and passes the KubeRay CRD schema, so
+    `kubectl apply -f` accepts it as printed.
+
+    \b
+    Example:
+      trainctl render --workers 4 --memory 8Gi --team ranking > cluster.yaml
+    """
+    clusters = KubeRayClusters(_settings("kuberay", namespace))
+    click.echo(manifest_to_yaml(clusters.render(_up_request(**request))), nl=False)
+
+
+def _summary_row(summary: ClusterSummary, now: dt.datetime) -> list[str]:
+    expires_at = summary.expires_at
+    return [
+        summary.name,
+        summary.team or "-",
+        summary.describe_origin(),
+        format_duration((now - summary.created).total_seconds()),
+        "-" if expires_at is None else format_duration((expires_at - now).total_seconds()),
+        f"{summary.workers_ready}/{summary.workers_desired}",
+        f"{summary.cpus.normalize():f}",
+        str(summary.gpus),
+        format_size(summary.memory),
+        summary.state,
+    ]
+
+
+@cli.command(name="list")
+@output_option
+@backend_options
+@handle_errors
+def list_clusters(backend: str | None, namespace: str | None, output: str) -> None:
+    """List active clusters: origin, age, time left, workers ready of desired, resources, state.
+
+    \b
+    Example:
+      trainctl list --backend kuberay --namespace ml-training -o json
+    """
+    summaries = _clusters(backend, namespace).list()
+    now = _now()
+    if output == "json":
+        _echo_json([summary.to_dict(now) for summary in summaries])
+        return
+    if not summaries:
+        click.echo("No clusters.")
+        return
+    headers = ["NAME", "TEAM", "ORIGIN", "AGE", "EXPIRES IN", "WORKERS", "CPUS", "GPUS", "MEMORY", "STATE"]
+    click.echo(_table(headers, [_summary_row(summary, now) for summary in summaries]))
+
+
+def _running_jobs(url: str) -> list[dict[str, Any]]:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        jobs = JobSubmissionClient(url).list_jobs()
+    except (ConnectionError, RuntimeError) as err:
+        raise DashboardError(url, str(err)) from err
+    return [
+        {"job_id": job.submission_id or job.job_id, "status": str(job.status.value), "entrypoint": job.entrypoint}
+        for job in jobs
+        if not job.status.is_terminal()
+    ]
+
+
+@cli.command()
+@click.argument("name")
+@output_option
+@backend_options
+@handle_errors
+def status(name: str, backend: str | None, namespace: str | None, output: str) -> None:
+    """Show a cluster's conditions, recent events, running jobs and each node's usage.
+
+    \b
+    Example:
+      trainctl status ray-alice-3f2a1c
+    """
+    clusters = _clusters(backend, namespace)
+    summary = clusters.find(name)
+    details = clusters.details(name)
+    with clusters.dashboard(name) as url:
+        try:
+            nodes = node_usage(url)
+            jobs = _running_jobs(url)
+            unreachable = ""
+        except DashboardError as err:
+            nodes, jobs, unreachable = [], [], str(err)
+
+    now = _now()
+    if output == "json":
+        _echo_json(
+            {
+                "cluster": summary.to_dict(now),
+                **details,
+                "jobs": jobs,
+                "nodes": [node.to_dict() for node in nodes],
+                "dashboard_error": unreachable or None,
+            }
+        )
+        return
+
+    click.echo(
+        _table(
+            ["NAME", "TEAM", "ORIGIN", "AGE", "EXPIRES IN", "WORKERS", "CPUS", "GPUS", "MEMORY", "STATE"],
+            [_summary_row(summary, now)],
+        )
+    )
+    click.echo("\nConditions:")
+    for condition in details["conditions"] or [{"type": "(none)"}]:
+        reason = f" {condition.get('reason')}" if condition.get("reason") else ""
+        message = f": {condition.get('message')}" if condition.get("message") else ""
+        click.echo(f"  {condition.get('type')}={condition.get('status', '')}{reason}{message}")
+    click.echo("\nRecent events:")
+    for event in details["events"] or [{"message": "(none)"}]:
+        prefix = " ".join(str(event.get(key) or "") for key in ("time", "type", "reason", "object")).strip()
+        click.echo(f"  {prefix} {event.get('message', '')}".rstrip())
+    click.echo("\nRunning jobs:")
+    for job in jobs or [{"job_id": "(none)", "status": "", "entrypoint": ""}]:
+        click.echo(f"  {job['job_id']}  {job['status']}  {job['entrypoint']}".rstrip())
+    click.echo("\nNodes:")
+    if unreachable:
+        click.echo(f"  {unreachable}")
+    rows = []
+    for node in nodes:
+        gpu = ", ".join(
+            f"{g.name} {g.utilization_percent or 0:.0f}% {g.memory_used_mib or 0:.0f}/{g.memory_total_mib or 0:.0f} MiB"
+            for g in node.gpus
+        )
+        memory = (
+            "-"
+            if node.memory_total is None
+            else (f"{format_size(node.memory_used or 0)}/{format_size(node.memory_total)}")
+        )
+        rows.append(
+            [
+                "head" if node.is_head else "worker",
+                node.node_id[:12],
+                node.state,
+                f"{node.cpus:g}",
+                "-" if node.cpu_percent is None else f"{node.cpu_percent:.0f}%",
+                memory,
+                gpu or "-",
+            ]
+        )
+    if rows:
+        click.echo(
+            _table(
+                ["  NODE", "ID", "STATE", "CPUS", "CPU USE", "MEMORY USED", "GPU (USE, MEMORY)"],
+                [["  " + row[0], *row[1:]] for row in rows],
+            )
+        )
+
+
+def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for value in values:
+        key, sep, content = value.partition("=")
+        if not sep or not key:
+            raise InvalidRequestError("--env", f"{value!r} is not KEY=VALUE", "Write --env NAME=value.")
+        env[key] = content
+    return env
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--working-dir", type=click.Path(exists=True, file_okay=False), help="Folder uploaded for the job.")
+@click.option("--env", "env", multiple=True, help="Environment variable of the job, KEY=VALUE; repeatable.")
+@click.option("--job-id", default=None, help="Submission id. [default: <cluster>-<random>]")
+@click.option("--timeout", default="6h", show_default=True, help="Stop the job after this long.")
+@click.option("--history-url", default=None, help="Job history database. [default: TRAINING_HISTORY_URL]")
+@backend_options
+@handle_errors
+def submit(
+    name: str,
+    command: tuple[str, ...],
+    working_dir: str | None,
+    env: tuple[str, ...],
+    job_id: str | None,
+    timeout: str,
+    history_url: str | None,
+    backend: str | None,
+    namespace: str | None,
+) -> None:
+    """Run COMMAND as a Ray job on cluster NAME, stream its logs, and exit with its outcome.
+
+    The job is recorded in the job history, which keeps its status and last log lines
+    after the cluster is gone. Ctrl-C stops the job.
+
+    \b
+    Example:
+      trainctl submit ray-alice-3f2a1c --working-dir . -- python train.py --epochs 3
+    """
+    clusters = _clusters(backend, namespace)
+    summary = clusters.find(name)
+    entrypoint = shlex.join(command)
+    timeout_s = parse_duration_minutes(timeout, field="--timeout") * 60.0
+    runtime_env: dict[str, Any] = {"working_dir": working_dir} if working_dir else {}
+    env_vars = _parse_env(env)
+    submission_id = job_id or f"{name}-{uuid.uuid4().hex[:8]}"
+
+    from ray.job_submission import JobSubmissionClient
+
+    with _history(history_url) as history, clusters.dashboard(name) as url:
+        record = JobRecord(
+            job_id=submission_id,
+            cluster=name,
+            backend=clusters.backend,
+            namespace=summary.namespace or None,
+            template=summary.template or None,
+            request={
+                "workers": summary.workers_desired,
+                "cpus": float(summary.cpus),
+                "gpus": summary.gpus,
+                "memory_bytes": summary.memory,
+            },
+            entrypoint=entrypoint,
+            submitter=current_user(),
+            origin="manual",
+            dashboard_url=url,
+            submitted_at=_now(),
+        )
+        recorder = HistoryRecorder(history, record, warn=lambda message: click.echo(message, err=True))
+        click.echo(f"Submitted job {submission_id} to {name}", err=True)
+        outcome = run_job(
+            JobSubmissionClient(url),
+            entrypoint=entrypoint,
+            submission_id=submission_id,
+            on_log_line=click.echo,
+            env_vars=env_vars or None,
+            runtime_env=runtime_env or None,
+            timeout_s=timeout_s,
+            observer=recorder,
+        )
+    click.echo(f"Job {outcome.job_id} succeeded in {outcome.running_s:.1f} s", err=True)
+
+
+def _follow_logs(url: str, job_id: str, *, follow: bool) -> str:
+    """Print the job's log, and with ``follow`` keep printing until the job ends; return its final status."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(url)
+    offset = 0
+    while True:
+        status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        click.echo(logs[offset:], nl=False)
+        offset = len(logs)
+        if not follow or status.is_terminal():
+            return str(status.value)
+        time.sleep(JOB_POLL_INTERVAL_S)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--job", "job_id", default=None, help="Job id. [default: the cluster's latest job]")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends; exit 1 unless it succeeds.")
+@click.option("--history-url", default=None, help="Job history database. [default: TRAINING_HISTORY_URL]")
+@backend_options
+@handle_errors
+def logs(
+    name: str, job_id: str | None, follow: bool, history_url: str | None, backend: str | None, namespace: str | None
+) -> None:
+    """Print a job's log from the cluster; once the cluster is gone, the last lines the history kept.
+
+    \b
+    Example:
+      trainctl logs ray-alice-3f2a1c --follow
+    """
+    clusters = _clusters(backend, namespace)
+    with _history(history_url) as history:
+        record = history.get(job_id) if job_id else history.latest(name)
+        if record is not None and record.cluster != name:
+            raise ClusterNotFoundError(name, f"for job {job_id} (it ran on {record.cluster})")
+        try:
+            clusters.find(name)
+        except ClusterNotFoundError:
+            if record is None:
+                raise
+            click.echo(
+                f"Cluster {name} is gone; these are the last lines of job {record.job_id} kept in the history "
+                f"(status {record.status}).",
+                err=True,
+            )
+            click.echo(record.log_tail)
+            if follow and record.status != "SUCCEEDED":
+                sys.exit(EXIT_JOB_FAILED)
+            return
+
+        with clusters.dashboard(name) as url:
+            target = job_id or (record.job_id if record is not None else _latest_job_on(url, name))
+            final = _follow_logs(url, target, follow=follow)
+    if follow and final != "SUCCEEDED":
+        click.echo(f"Job {target} ended as {final}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+
+
+def _latest_job_on(url: str, name: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    jobs = [job for job in JobSubmissionClient(url).list_jobs() if job.submission_id]
+    if not jobs:
+        raise ClusterNotFoundError(name, "with any job; submit one with `trainctl submit`")
+    return str(max(jobs, key=lambda job: job.start_time or 0).submission_id)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--expired", is_flag=True, help="Delete every cluster whose lifetime has passed.")
+@click.option("--mine", is_flag=True, help="Delete every cluster you made with trainctl up.")
+@click.option("--force", is_flag=True, help="Also delete a cluster that a running Dagster run uses.")
+@click.option("--history-url", default=None, help="Job history database. [default: TRAINING_HISTORY_URL]")
+@backend_options
+@handle_errors
+def down(
+    name: str | None,
+    expired: bool,
+    mine: bool,
+    force: bool,
+    history_url: str | None,
+    backend: str | None,
+    namespace: str | None,
+) -> None:
+    """Delete a cluster, every expired cluster, or every cluster you made.
+
+    Jobs still running on a deleted cluster are marked LOST in the history.
+
+    \b
+    Example:
+      trainctl down ray-alice-3f2a1c
+      trainctl down --expired --backend kuberay
+    """
+    if sum((name is not None, expired, mine)) != 1:
+        raise click.UsageError("Give exactly one of NAME, --expired or --mine.")
+    clusters = _clusters(backend, namespace)
+    now = _now()
+    if name is not None:
+        summary = clusters.find(name)
+        if summary.origin == "dagster" and not force:
+            raise CommandError(
+                f"{name} belongs to Dagster run {summary.run_id}"
+                + (f" (partition {summary.partition})" if summary.partition else "")
+                + "; deleting it fails that run. Terminate the run in the Dagster UI, or add --force.",
+                EXIT_INVALID_REQUEST,
+            )
+        targets = [summary]
+    elif expired:
+        targets = [summary for summary in clusters.list() if summary.expired(now)]
+    else:
+        user = current_user()
+        targets = [summary for summary in clusters.list() if summary.origin == "manual" and summary.owner == user]
+
+    if not targets:
+        click.echo("No cluster to delete.")
+        return
+    with _history(history_url) as history:
+        for target in targets:
+            clusters.delete(target.name)
+            lost = history.mark_lost(target.name, message="its cluster was deleted before the job ended", at=_now())
+            note = f"; {lost} unfinished job(s) marked LOST" if lost else ""
+            click.echo(f"Deleted {target.name}{note}")
+
+
+def _history_row(record: JobRecord) -> list[str]:
+    duration = record.duration_s
+    return [
+        record.job_id,
+        record.cluster,
+        record.status,
+        record.submitter,
+        f"{record.submitted_at:%Y-%m-%d %H:%M:%S}",
+        "-" if duration is None else format_duration(duration),
+        record.partition or "-",
+        record.entrypoint if len(record.entrypoint) <= 60 else record.entrypoint[:57] + "...",
+    ]
+
+
+@cli.command()
+@click.option("--cluster", default=None, help="Only jobs of this cluster.")
+@click.option("--job", "job_id", default=None, help="One job, with its request and last log lines.")
+@click.option("--mine", is_flag=True, help="Only jobs you submitted.")
+@click.option("--status", "status_filter", default=None, help="Only jobs with this status, such as FAILED.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--history-url", default=None, help="Job history database. [default: TRAINING_HISTORY_URL]")
+@output_option
+@handle_errors
+def history(
+    cluster: str | None,
+    job_id: str | None,
+    mine: bool,
+    status_filter: str | None,
+    limit: int,
+    history_url: str | None,
+    output: str,
+) -> None:
+    """List jobs run through the platform, from pipelines and trainctl, including those whose cluster is gone.
+
+    \b
+    Example:
+      trainctl history --status FAILED --limit 10
+      trainctl history --job ray-alice-3f2a1c-1a2b3c4d
+    """
+    with _history(history_url) as store:
+        if job_id is not None:
+            record = store.get(job_id)
+            if record is None:
+                raise CommandError(f"No job {job_id!r} in the history at {store.url}.", EXIT_NOT_FOUND)
+            if output == "json":
+                _echo_json(record.to_dict())
+                return
+            for key, value in record.to_dict().items():
+                if key != "log_tail":
+                    click.echo(f"{key + ':':15} {json.dumps(value) if isinstance(value, dict) else value}")
+            click.echo(f"log tail:\n{record.log_tail}")
+            return
+        statuses = None if status_filter is None else status_filter.upper()
+        if statuses is not None and statuses not in TERMINAL_STATUSES | {"PENDING", "RUNNING"}:
+            raise click.BadParameter(
+                f"{status_filter!r} is not a job status; use one of PENDING, RUNNING, "
+                f"{', '.join(sorted(TERMINAL_STATUSES))}",
+                param_hint="--status",
+            )
+        records = store.list(cluster=cluster, submitter=current_user() if mine else None, status=statuses, limit=limit)
+    if output == "json":
+        _echo_json([record.to_dict() for record in records])
+        return
+    if not records:
+        click.echo("No jobs recorded.")
+        return
+    headers = ["JOB", "CLUSTER", "STATUS", "SUBMITTER", "SUBMITTED (UTC)", "DURATION", "PARTITION", "ENTRYPOINT"]
+    click.echo(_table(headers, [_history_row(record) for record in records]))
+
+
+@cli.command(name="exit-codes")
+def exit_codes() -> None:
+    """Print what each exit code of trainctl means."""
+    for code, meaning in EXIT_CODES.items():
+        click.echo(f"{code:>3}  {meaning}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``trainctl`` console script."""
+    cli.main(args=argv, prog_name="trainctl")

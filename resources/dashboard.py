@@ -1,0 +1,136 @@
+"""Reading a running Ray cluster through its dashboard: per-node usage and the jobs it runs."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from resources.errors import PlatformError
+
+DASHBOARD_TIMEOUT_S = 5.0
+
+
+class DashboardError(PlatformError):
+    """The Ray dashboard did not respond, or its response could not be read."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url = url
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"The Ray dashboard at {self.url} cannot be read: {self.reason}. Check that the cluster is running "
+            "(trainctl list) and that this machine can reach its dashboard."
+        )
+
+
+@dataclass(frozen=True)
+class GpuUsage:
+    """One GPU of a node; memory in MiB as the dashboard reports it."""
+
+    name: str
+    utilization_percent: float | None
+    memory_used_mib: float | None
+    memory_total_mib: float | None
+
+
+@dataclass(frozen=True)
+class NodeUsage:
+    """Usage of one Ray node. On the local backend every node shares the machine, so they report the same host."""
+
+    node_id: str
+    ip: str
+    is_head: bool
+    state: str
+    cpus: float
+    cpu_percent: float | None
+    memory_used: int | None
+    memory_total: int | None
+    gpus: list[GpuUsage] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Convert to JSON-ready values."""
+        return {
+            "node_id": self.node_id,
+            "ip": self.ip,
+            "is_head": self.is_head,
+            "state": self.state,
+            "cpus": self.cpus,
+            "cpu_percent": self.cpu_percent,
+            "memory_used_bytes": self.memory_used,
+            "memory_total_bytes": self.memory_total,
+            "gpus": [gpu.__dict__ for gpu in self.gpus],
+        }
+
+
+def _get_json(url: str, *, timeout_s: float) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        raise DashboardError(url, f"no response ({err})") from err
+    except ValueError as err:
+        raise DashboardError(url, f"the response is not JSON ({err})") from err
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _gpu(raw: dict[str, Any]) -> GpuUsage:
+    return GpuUsage(
+        name=str(raw.get("name", "GPU")),
+        utilization_percent=_number(raw.get("utilizationGpu")),
+        memory_used_mib=_number(raw.get("memoryUsed")),
+        memory_total_mib=_number(raw.get("memoryTotal")),
+    )
+
+
+def node_usage(dashboard_url: str, *, timeout_s: float = DASHBOARD_TIMEOUT_S) -> list[NodeUsage]:
+    """Read CPU, memory, GPU and GPU memory use of every node, head first.
+
+    Raises:
+        DashboardError: the dashboard did not respond, or the response has no node summary.
+    """
+    url = f"{dashboard_url.rstrip('/')}/nodes?view=summary"
+    payload = _get_json(url, timeout_s=timeout_s)
+    try:
+        summaries = payload["data"]["summary"]
+    except (KeyError, TypeError) as err:
+        raise DashboardError(url, "the response has no data.summary") from err
+
+    nodes = []
+    for summary in summaries:
+        raylet = summary.get("raylet") or {}
+        memory = summary.get("mem") or []
+        total = _number(memory[0]) if len(memory) > 0 else None
+        available = _number(memory[1]) if len(memory) > 1 else None
+        nodes.append(
+            NodeUsage(
+                node_id=str(raylet.get("nodeId", "")),
+                ip=str(summary.get("ip", raylet.get("nodeManagerAddress", ""))),
+                is_head=bool(raylet.get("isHeadNode")),
+                state=str(raylet.get("state", "")),
+                cpus=float((raylet.get("resourcesTotal") or {}).get("CPU", 0.0)),
+                cpu_percent=_number(summary.get("cpu")),
+                memory_used=None if total is None or available is None else int(total - available),
+                memory_total=None if total is None else int(total),
+                gpus=[_gpu(gpu) for gpu in summary.get("gpus") or []],
+            )
+        )
+    return sorted(nodes, key=lambda node: (not node.is_head, node.node_id))
+
+
+def alive_worker_count(dashboard_url: str, *, timeout_s: float = DASHBOARD_TIMEOUT_S) -> int:
+    """Count the alive nodes other than the head.
+
+    Raises:
+        DashboardError: the dashboard did not respond.
+    """
+    return sum(
+        1 for node in node_usage(dashboard_url, timeout_s=timeout_s) if node.state == "ALIVE" and not node.is_head
+    )

@@ -1,0 +1,143 @@
+"""The process that keeps a local Ray cluster made with ``trainctl up --backend local``.
+
+``trainctl up`` starts this module in its own session and reads its standard output:
+``progress <text>`` lines while the cluster starts, then one ``ready <json>`` line.
+From then on the keeper needs nobody: it holds the cluster until its lifetime ends, it
+receives SIGTERM (``trainctl down``), or one of the cluster's nodes exits, and in each
+case stops every process of the cluster and removes its record. If the keeper itself
+is killed, the cluster's watchdog (``resources.reaper``) stops the nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from resources.errors import ClusterStartError, PlatformError
+from resources.local import DEFAULT_NODE_IP, LocalRayCluster
+from resources.local_registry import LocalRegistry, record_of
+from resources.spec import ClusterSpec
+
+logger = logging.getLogger("resources.local_keeper")
+
+HEALTH_CHECK_INTERVAL_S = 2.0
+
+
+# Set by SIGTERM or SIGHUP. The handler only sets it: an exception raised from a handler
+# could land between starting a Ray node and recording its PID, and leak that node.
+_stop_requested = threading.Event()
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    _stop_requested.set()
+
+
+def _say(kind: str, text: str) -> None:
+    # A BrokenPipeError here means `trainctl up` died before the cluster was ready. The
+    # caller then stops the cluster, because no command has printed its name.
+    sys.stdout.write(f"{kind} {text}\n")
+    sys.stdout.flush()
+
+
+def _detach_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, details: dict[str, Any]) -> int:
+    """Start ``cluster``, report it ready, and hold it until it expires, is stopped or loses a node."""
+    name = cluster.name
+    try:
+        info = cluster.start()
+        record = record_of(cluster, dashboard_url=info.dashboard_url, **details)
+        registry.write(record)
+        _say("ready", json.dumps({"name": name, "dashboard_url": info.dashboard_url, "startup_s": info.startup_s}))
+        _detach_stdout()
+        logger.info("Holding %s until %s", name, record.expires_at)
+
+        deadline = time.monotonic() + ttl_s
+        while time.monotonic() < deadline:
+            if _stop_requested.wait(min(HEALTH_CHECK_INTERVAL_S, max(deadline - time.monotonic(), 0.0))):
+                logger.info("Stopping %s on request", name)
+                return 0
+            lost = cluster.exited_nodes()
+            if lost:
+                logger.warning("Stopping %s: Ray %s exited", name, ", ".join(lost))
+                return 1
+        logger.info("Stopping %s: its lifetime of %.0f s has ended", name, ttl_s)
+        return 0
+    except BrokenPipeError:
+        logger.warning("Stopping %s: trainctl up exited before the cluster was ready", name)
+        return 1
+    except ClusterStartError as err:
+        if _stop_requested.is_set():
+            logger.info("Stopped %s while it was starting, on request", name)
+            return 0
+        return _report_failure(name, err)
+    except Exception as err:  # noqa: BLE001 - every failure is reported to `trainctl up` before the cluster stops
+        return _report_failure(name, err)
+    finally:
+        cluster.stop()
+        registry.remove(name)
+
+
+def _report_failure(name: str, err: Exception) -> int:
+    logger.error("Stopping %s after an error", name, exc_info=err)
+    message = str(err) if isinstance(err, PlatformError) else f"{type(err).__name__}: {err}"
+    try:
+        _say("failed", json.dumps({"error": message}))
+    except BrokenPipeError:
+        pass
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--registry", required=True, help="folder of the local cluster records")
+    parser.add_argument("--ttl-s", type=float, required=True, help="seconds to hold the cluster")
+    parser.add_argument("--spec", required=True, help="ClusterSpec fields as JSON")
+    parser.add_argument("--owner", default="")
+    parser.add_argument("--team", default="")
+    parser.add_argument("--node-ip", default=DEFAULT_NODE_IP)
+    parser.add_argument("--start-timeout-s", type=float, default=180.0)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.Formatter.converter = time.gmtime  # UTC, like every other time trainctl shows
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    # The keeper runs in its own session; a Ctrl-C meant for `trainctl up` is handled there.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    spec = ClusterSpec(**json.loads(args.spec))
+    cluster = LocalRayCluster(
+        name=args.name,
+        spec=spec,
+        node_ip=args.node_ip,
+        start_timeout_s=args.start_timeout_s,
+        on_progress=lambda message: (_say("progress", message), logger.info("%s", message)),
+        cancel=_stop_requested,
+    )
+    details = {"origin": "manual", "owner": args.owner, "team": args.team, "ttl": dt.timedelta(seconds=args.ttl_s)}
+    return hold(cluster, registry=LocalRegistry(Path(args.registry)), ttl_s=args.ttl_s, details=details)
+
+
+def spec_arguments(spec: ClusterSpec) -> str:
+    """Serialize ``spec`` for ``--spec``."""
+    return json.dumps(asdict(spec))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""A record of each local Ray cluster on this machine, so that ``trainctl`` can list, inspect and stop them.
+
+A local cluster is owned by one process, its holder: the Dagster run that started it,
+or the keeper process that ``trainctl up`` leaves behind. Each cluster has a JSON file
+``<state dir>/clusters/<name>.json`` that names its holder and the process groups of
+its Ray nodes, with their start times, so that a recycled PID is never mistaken for
+one of ours. A file whose holder has died is stale and is removed when read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from resources.local import LocalRayCluster
+
+logger = logging.getLogger(__name__)
+
+# psutil reports start times with a precision of 10 ms on Linux.
+START_TIME_TOLERANCE_S = 0.05
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A process named by its PID and start time, which together identify it even after PID reuse."""
+
+    pid: int
+    started: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRef:
+        """Reference the running process ``pid``.
+
+        Raises:
+            psutil.NoSuchProcess: no process has that PID.
+        """
+        return cls(pid=pid, started=psutil.Process(pid).create_time())
+
+    def is_alive(self) -> bool:
+        """Tell whether this very process still runs (and is not a zombie)."""
+        try:
+            process = psutil.Process(self.pid)
+            return (
+                abs(process.create_time() - self.started) < START_TIME_TOLERANCE_S
+                and process.status() != psutil.STATUS_ZOMBIE
+            )
+        except psutil.NoSuchProcess:
+            return False
+
+
+@dataclass(frozen=True)
+class LocalClusterRecord:
+    """The record of one local cluster. Memory values are bytes and times are UTC."""
+
+    name: str
+    dashboard_url: str
+    holder: ProcessRef
+    nodes: tuple[ProcessRef, ...]
+    created: dt.datetime
+    workers: int
+    cpus_per_worker: int
+    memory_per_worker: int
+    gpus_per_worker: int
+    head_cpus: int
+    origin: str = "manual"
+    owner: str = ""
+    team: str = ""
+    ttl: dt.timedelta | None = None
+    run_id: str = ""
+    partition: str = ""
+    asset: str = ""
+    state: str = "ready"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def expires_at(self) -> dt.datetime | None:
+        """When the cluster's lifetime ends; ``None`` for a Dagster run's cluster, which ends with its run."""
+        return None if self.ttl is None else self.created + self.ttl
+
+    def expired(self, now: dt.datetime) -> bool:
+        """Tell whether the lifetime has passed at ``now``."""
+        return self.expires_at is not None and now >= self.expires_at
+
+    def to_json(self) -> dict[str, Any]:
+        """Convert the record to JSON-ready values."""
+        data = asdict(self)
+        data["created"] = self.created.isoformat()
+        data["ttl"] = None if self.ttl is None else self.ttl.total_seconds()
+        data["extra"] = dict(self.extra)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LocalClusterRecord:
+        """Read a record written by :meth:`to_json`.
+
+        Raises:
+            KeyError, TypeError, ValueError: the data is not such a record.
+        """
+        values = dict(data)
+        values["holder"] = ProcessRef(**values["holder"])
+        values["nodes"] = tuple(ProcessRef(**node) for node in values["nodes"])
+        values["created"] = dt.datetime.fromisoformat(values["created"])
+        values["ttl"] = None if values.get("ttl") is None else dt.timedelta(seconds=float(values["ttl"]))
+        return cls(**values)
+
+
+class LocalRegistry:
+    """The folder of cluster records; safe for several processes that each write their own clusters."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        """Return the path of the record of cluster ``name``."""
+        return self.root / f"{name}.json"
+
+    def log_path(self, name: str) -> Path:
+        """Return the path of the log of cluster ``name``'s keeper."""
+        return self.root / f"{name}.log"
+
+    def write(self, record: LocalClusterRecord) -> None:
+        """Write or replace a record atomically, so a reader never sees half of it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{record.name}.", dir=self.root)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                json.dump(record.to_json(), stream, indent=2)
+            os.replace(temporary, self.path(record.name))
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def remove(self, name: str) -> None:
+        """Remove a cluster's record and its keeper's log; nothing happens if they are gone."""
+        self.path(name).unlink(missing_ok=True)
+        self.log_path(name).unlink(missing_ok=True)
+
+    def get(self, name: str) -> LocalClusterRecord | None:
+        """Read the record of a live cluster; a stale or unreadable record is removed and ``None`` returned."""
+        path = self.path(name)
+        try:
+            record = LocalClusterRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            logger.warning("Ignoring the unreadable cluster record %s: %s", path, err)
+            return None
+        if not record.holder.is_alive():
+            logger.info("Removing the record of %s: its holder process %d has exited", name, record.holder.pid)
+            self.remove(name)
+            return None
+        return record
+
+    def list(self) -> list[LocalClusterRecord]:
+        """Records of every live cluster, oldest first."""
+        if not self.root.is_dir():
+            return []
+        records = [self.get(path.stem) for path in self.root.glob("*.json")]
+        return sorted((record for record in records if record is not None), key=lambda record: record.created)
+
+
+def record_of(cluster: LocalRayCluster, *, dashboard_url: str, **details: Any) -> LocalClusterRecord:
+    """Build the record of a cluster that this process owns and that has just become ready."""
+    spec = cluster.spec
+    return LocalClusterRecord(
+        name=cluster.name,
+        dashboard_url=dashboard_url,
+        holder=ProcessRef.of(os.getpid()),
+        nodes=tuple(ProcessRef.of(pid) for pid in cluster.pids),
+        created=dt.datetime.now(dt.UTC),
+        workers=spec.workers,
+        cpus_per_worker=spec.cpus_per_worker,
+        memory_per_worker=spec.memory_per_worker,
+        gpus_per_worker=spec.gpus_per_worker,
+        head_cpus=spec.head_cpus,
+        **details,
+    )

@@ -1,0 +1,201 @@
+"""trainctl against the local backend, as a user calls it: real Ray clusters held by a keeper process."""
+
+import datetime as dt
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from resources.cluster import RayClusterResource
+from tests.integration.trainctl_helpers import TRAINCTL, run_trainctl, trainctl_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leaked_ray_processes")]
+
+SMALL = ("--workers", "1", "--memory", "1Gi")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return trainctl_env(tmp_path, RAY_BACKEND="local")
+
+
+def cluster_processes(record_path: Path) -> list[psutil.Process]:
+    """The live processes a local cluster record names: its holder and the Ray nodes."""
+    record = json.loads(record_path.read_text())
+    alive = []
+    for ref in [record["holder"], *record["nodes"]]:
+        try:
+            alive.append(psutil.Process(ref["pid"]))
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> None:
+    up = run_trainctl(env, "up", *SMALL, "--name", "exp-local", "--team", "ranking", "--ttl", "2h")
+    assert up.returncode == 0, up.stderr
+    assert "name:      exp-local" in up.stdout
+    assert "dashboard: http://127.0.0.1:" in up.stdout
+    assert "1 of 1 workers registered" in up.stderr
+    record_path = tmp_path / "state" / "clusters" / "exp-local.json"
+    holder_pid = json.loads(record_path.read_text())["holder"]["pid"]
+
+    try:
+        listed = run_trainctl(env, "list", "-o", "json")
+        assert listed.returncode == 0, listed.stderr
+        [cluster] = listed.json()
+        assert cluster["name"] == "exp-local"
+        assert cluster["origin"] == "manual"
+        assert cluster["team"] == "ranking"
+        assert (cluster["workers_ready"], cluster["workers_desired"]) == (1, 1)
+        assert 2 * 3600 - 120 < cluster["time_left_s"] <= 2 * 3600
+        assert cluster["state"] == "ready"
+        assert "exp-local" in run_trainctl(env, "list").stdout
+
+        status = run_trainctl(env, "status", "exp-local", "-o", "json")
+        assert status.returncode == 0, status.stderr
+        details = status.json()
+        assert sorted(node["is_head"] for node in details["nodes"]) == [False, True]
+        assert all(node["state"] == "ALIVE" and node["memory_total_bytes"] for node in details["nodes"])
+        assert any("workers registered" in event["message"] for event in details["events"])
+        assert "Nodes:" in run_trainctl(env, "status", "exp-local").stdout
+
+        script = "import os, ray; ray.init(); print(os.environ['GREETING'], int(ray.cluster_resources()['CPU']))"
+        ok = run_trainctl(
+            env, "submit", "exp-local", "--job-id", "job-ok", "--env", "GREETING=hello", "--", "python", "-c", script
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert "hello 2" in ok.stdout
+
+        failed = run_trainctl(
+            env, "submit", "exp-local", "--job-id", "job-bad", "--", "python", "-c", "raise SystemExit('boom 42')"
+        )
+        assert failed.returncode == 1
+        assert "boom 42" in failed.stderr
+
+        logs = run_trainctl(env, "logs", "exp-local", "--job", "job-ok")
+        assert logs.returncode == 0
+        assert "hello 2" in logs.stdout
+        assert run_trainctl(env, "logs", "exp-local", "--job", "job-bad", "--follow").returncode == 1
+    finally:
+        down = run_trainctl(env, "down", "exp-local")
+    assert down.returncode == 0, down.stderr
+    assert not record_path.exists()
+    assert not psutil.pid_exists(holder_pid) or psutil.Process(holder_pid).status() == psutil.STATUS_ZOMBIE
+    assert run_trainctl(env, "list", "-o", "json").json() == []
+
+    # The history outlives the cluster.
+    history = run_trainctl(env, "history", "-o", "json")
+    statuses = {record["job_id"]: record for record in history.json()}
+    assert statuses["job-ok"]["status"] == "SUCCEEDED"
+    assert statuses["job-bad"]["status"] == "FAILED"
+    assert "boom 42" in statuses["job-bad"]["log_tail"]
+    assert statuses["job-ok"]["origin"] == "manual"
+    assert statuses["job-ok"]["cluster"] == "exp-local"
+    gone = run_trainctl(env, "logs", "exp-local", "--job", "job-ok")
+    assert gone.returncode == 0
+    assert "hello 2" in gone.stdout
+    assert "is gone" in gone.stderr
+
+
+def test_invalid_requests_start_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    cases = [
+        (("--memory", "lots"), "--memory"),
+        (("--workers", "0"), "--workers"),
+        (("--ttl", "100h"), "--ttl"),
+        (("--ttl", "-1h"), "--ttl"),
+        (("--name", "Bad_Name"), "--name"),
+        (("--memory", "4000Gi"), "--memory"),
+    ]
+    for args, option in cases:
+        result = run_trainctl(env, "up", *args)
+        assert result.returncode == 3, (args, result.stderr)
+        assert f"Error: {option}:" in result.stderr, result.stderr
+        assert "Nothing was created" in result.stderr, result.stderr
+    assert not list((tmp_path / "state").glob("clusters/*.json"))
+
+
+def test_ctrl_c_while_starting_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [TRAINCTL, "up", *SMALL, "--name", "exp-interrupted"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    # Interrupt once the head is starting.
+    for line in process.stderr:
+        if "Starting" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert not (tmp_path / "state" / "clusters" / "exp-interrupted.json").exists()
+
+
+def test_down_expired_and_keeper_expiry(env: dict[str, str], tmp_path: Path) -> None:
+    assert run_trainctl(env, "up", *SMALL, "--name", "exp-old", "--ttl", "1h").returncode == 0
+    record_path = tmp_path / "state" / "clusters" / "exp-old.json"
+    processes = cluster_processes(record_path)
+
+    # Nothing has expired yet.
+    assert "No cluster to delete" in run_trainctl(env, "down", "--expired").stdout
+    # Move the cluster's creation two hours back, as if it had outlived its lifetime.
+    record = json.loads(record_path.read_text())
+    record["created"] = (dt.datetime.fromisoformat(record["created"]) - dt.timedelta(hours=2)).isoformat()
+    record_path.write_text(json.dumps(record))
+    listed = run_trainctl(env, "list", "-o", "json").json()
+    assert listed[0]["time_left_s"] < 0
+
+    result = run_trainctl(env, "down", "--expired")
+    assert result.returncode == 0
+    assert "Deleted exp-old" in result.stdout
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert not alive
+
+
+def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: Path) -> None:
+    registry = tmp_path / "state" / "clusters"
+    keeper = subprocess.Popen(
+        [
+            str(Path(TRAINCTL).parent / "python"), "-m", "resources.local_keeper", "--name=exp-short",
+            f"--registry={registry}", "--ttl-s=3",
+            '--spec={"workers": 1, "cpus_per_worker": 1, "memory_per_worker": 1073741824, '
+            '"object_store_memory": 134217728}',
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert keeper.stdout is not None
+    ready = [line for line in keeper.stdout if line.startswith("ready ")]
+    assert ready, "the keeper never reported ready"
+    started = time.monotonic()
+    assert keeper.wait(timeout=60) == 0
+    assert time.monotonic() - started < 30
+    assert not (registry / "exp-short.json").exists()
+
+
+def test_lists_a_run_cluster_and_protects_it(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINCTL_HOME", env["TRAINCTL_HOME"])
+    resource = RayClusterResource(workers=1, memory_per_worker="1Gi", object_store_memory="128Mi")
+    resource.ensure_started()
+    try:
+        [cluster] = run_trainctl(env, "list", "-o", "json").json()
+        assert cluster["origin"] == "dagster"
+        assert cluster["time_left_s"] is None
+        refused = run_trainctl(env, "down", cluster["name"])
+        assert refused.returncode == 3
+        assert "add --force" in refused.stderr
+        assert run_trainctl(env, "list", "-o", "json").json() != []
+    finally:
+        resource.stop()
+    assert run_trainctl(env, "list", "-o", "json").json() == []

@@ -1,0 +1,180 @@
+"""trainctl's commands through click's runner: arguments, messages and exit codes, without any cluster."""
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from resources.cli.main import EXIT_CODES, cli, option_for
+from resources.history import JobHistory, JobRecord
+from resources.kuberay.schema import validate_manifest
+from resources.spec import format_duration, format_size, parse_duration_minutes
+
+NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "TRAINCTL_HOME": str(tmp_path / "state"),
+        "TRAINING_HISTORY_URL": f"sqlite:///{tmp_path / 'history.db'}",
+        "RAY_BACKEND": "local",
+        # Nothing listens here: a command that wrongly calls the API fails instead of reaching a server.
+        "KUBE_API_URL": "http://127.0.0.1:9",
+    }
+
+
+def invoke(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_every_command_has_help_with_an_example(env: dict[str, str]) -> None:
+    for command in ("up", "render", "list", "status", "submit", "logs", "down", "history"):
+        code, out, _ = invoke(env, command, "--help")
+        assert code == 0
+        assert "Example:" in out, command
+        assert f"trainctl {command}" in out, command
+
+
+def test_exit_codes_are_listed(env: dict[str, str]) -> None:
+    code, out, _ = invoke(env, "exit-codes")
+    assert code == 0
+    for number in EXIT_CODES:
+        assert f"{number:>3}  " in out
+
+
+def test_render_needs_no_api(env: dict[str, str]) -> None:
+    code, out, err = invoke(env, "render", "--workers", "2", "--memory", "3Gi", "--namespace", "team-a")
+    assert code == 0, err
+    manifest = yaml.safe_load(out)
+    assert validate_manifest(manifest) == []
+    assert manifest["metadata"]["namespace"] == "team-a"
+    assert manifest["metadata"]["name"].startswith("ray-")
+
+
+def test_render_gpu_request_selects_gpu_nodes(env: dict[str, str]) -> None:
+    code, out, err = invoke(env, "render", "--gpus-per-worker", "1", "--gpu-type", "l4", "--memory", "16Gi")
+    assert code == 0, err
+    manifest = yaml.safe_load(out)
+    worker = manifest["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["nodeSelector"]
+    assert any(toleration["key"] == "nvidia.com/gpu" for toleration in worker["tolerations"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--gpus-per-worker", "1"), "--gpu-type: GPUs are requested without a GPU type"),
+        (("--gpus-per-worker", "2", "--gpu-type", "quantum"), "--gpu-type: unknown GPU type 'quantum'"),
+        (("--image", "evil.example.com/ray:1"), "--image: image 'evil.example.com/ray:1' is not from an allowed"),
+        (("--ttl", "0m"), "--ttl: must be at least 1 minute"),
+        (("--ttl", "soon"), "--ttl: 'soon' is not a duration"),
+        (("--workers", "-3"), "--workers: must be a whole number of at least 1"),
+        (("--cpus", "0"), "--cpus: must be a whole number of at least 1"),
+    ],
+)
+def test_render_rejects_bad_requests(env: dict[str, str], args: tuple[str, ...], message: str) -> None:
+    code, _, err = invoke(env, "render", *args)
+    assert code == 3
+    assert message in err, err
+    assert "Nothing was created." in err
+
+
+def test_down_needs_exactly_one_target(env: dict[str, str]) -> None:
+    assert invoke(env, "down")[0] == 2
+    assert invoke(env, "down", "a", "--expired")[0] == 2
+
+
+def test_unknown_cluster_is_exit_4(env: dict[str, str]) -> None:
+    code, _, err = invoke(env, "status", "no-such-cluster")
+    assert code == 4
+    assert "No cluster named 'no-such-cluster'" in err
+
+
+def test_unreachable_api_is_exit_6(env: dict[str, str]) -> None:
+    code, _, err = invoke(env, "list", "--backend", "kuberay")
+    assert code == 6
+    assert "Kubernetes API" in err
+
+
+def test_list_without_clusters(env: dict[str, str]) -> None:
+    assert invoke(env, "list") == (0, "No clusters.\n", "")
+    assert json.loads(invoke(env, "list", "-o", "json")[1]) == []
+
+
+def _record(job_id: str, *, status: str, minutes_ago: int, **fields: object) -> JobRecord:
+    submitted = NOW - dt.timedelta(minutes=minutes_ago)
+    values: dict[str, object] = {
+        "job_id": job_id,
+        "cluster": "ray-a",
+        "backend": "local",
+        "entrypoint": "python train.py",
+        "submitter": "alice",
+        "origin": "manual",
+        "submitted_at": submitted,
+        "status": status,
+    }
+    values.update(fields)
+    return JobRecord(**values)  # type: ignore[arg-type]
+
+
+def test_history_lists_and_shows_jobs(env: dict[str, str]) -> None:
+    with JobHistory(env["TRAINING_HISTORY_URL"]) as history:
+        history.record_submitted(_record("job-1", status="PENDING", minutes_ago=30))
+        history.record_finished("job-1", status="FAILED", message="exit 1", at=NOW, log_tail="line 1\nboom")
+        history.record_submitted(
+            _record(
+                "job-2", status="PENDING", minutes_ago=5, origin="dagster", submitter="dagster", partition="1998-03-15"
+            )
+        )
+
+    code, out, _ = invoke(env, "history")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["JOB", "CLUSTER", "STATUS"]
+    assert lines[1].startswith("job-2")
+    assert "1998-03-15" in lines[1]
+    assert lines[2].startswith("job-1")
+    assert "FAILED" in lines[2]
+    assert "30m" in lines[2]
+
+    failed = json.loads(invoke(env, "history", "--status", "failed", "-o", "json")[1])
+    assert [record["job_id"] for record in failed] == ["job-1"]
+    assert failed[0]["log_tail"].endswith("boom")
+
+    code, out, _ = invoke(env, "history", "--job", "job-1")
+    assert code == 0
+    assert "exit 1" in out
+    assert "boom" in out
+    assert invoke(env, "history", "--job", "job-9")[0] == 4
+    assert invoke(env, "history", "--status", "SLEEPING")[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "option"),
+    [
+        ("memory_per_worker", "--memory"),
+        ("spec.headGroupSpec.template.spec.containers[0].image", "--image"),
+        ("spec.workerGroupSpecs[*].maxReplicas", "--workers"),
+        ("spec.workerGroupSpecs[0].template.metadata.annotations.training-pipelines/gpu-type", "--gpu-type"),
+        ("ttl", "--ttl"),
+        ("something_else", "something_else"),
+    ],
+)
+def test_option_for_names_the_flag(field: str, option: str) -> None:
+    assert option_for(field) == option
+
+
+def test_durations_and_sizes() -> None:
+    assert parse_duration_minutes("1d2h30m", field="ttl") == (26 * 60) + 30
+    assert parse_duration_minutes(" 8H ", field="ttl") == 480
+    assert format_duration(59) == "59s"
+    assert format_duration(3 * 3600 + 5 * 60) == "3h05m"
+    assert format_duration(-120) == "-2m"
+    assert format_size(1536 * 1024**2) == "1.5Gi"
+    assert format_size(512) == "512"
