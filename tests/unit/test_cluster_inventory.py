@@ -9,8 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import dagster as dg
 import psutil
 
+from resources.cluster import RayClusterResource
 from resources.kuberay.inventory import summarize
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
 from resources.kuberay.orphans import find_orphans
@@ -18,6 +20,8 @@ from resources.kuberay.policy import load_policy
 from resources.local import LocalRayCluster
 from resources.local_registry import LocalRegistry, ProcessRef, record_of
 from resources.spec import ClusterSpec
+from tests.kube_standin import RAYCLUSTERS, KubeStandin
+from training_pipelines.defs.clusters import orphaned_ray_clusters_sensor
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
 GIB = 1024**3
@@ -130,3 +134,23 @@ def test_process_ref_detects_pid_reuse() -> None:
     me = ProcessRef.of(os.getpid())
     assert me.is_alive()
     assert not ProcessRef(pid=me.pid, started=me.started - 100).is_alive()
+
+
+def test_orphan_sensor_deletes_expired_manual_cluster() -> None:
+    now = dt.datetime.now(dt.UTC)
+    with KubeStandin() as standin:
+        for name, created in (("exp-expired", now - dt.timedelta(hours=3)), ("exp-young", now)):
+            standin.store.put(cluster(name))
+            stored = standin.store.get(RAYCLUSTERS, "ml-training", name)
+            stored["metadata"]["creationTimestamp"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+            standin.store.put(stored)
+        resource = RayClusterResource(backend="kuberay", kube_api_url=standin.url, namespace="ml-training")
+        with dg.build_sensor_context(
+            instance=dg.DagsterInstance.ephemeral(), resources={"ray_cluster": resource}
+        ) as context:
+            result = orphaned_ray_clusters_sensor(context)
+        remaining = [item["metadata"]["name"] for item in standin.store.objects(RAYCLUSTERS)]
+
+    assert isinstance(result, dg.SkipReason)
+    assert "exp-expired" in str(result.skip_message)
+    assert remaining == ["exp-young"]
