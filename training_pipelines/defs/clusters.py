@@ -20,7 +20,7 @@ ORPHAN_SENSOR_INTERVAL_S = 120
     "made with trainctl.",
 )
 def orphaned_ray_clusters_sensor(context: dg.SensorEvaluationContext, ray_cluster: RayClusterResource) -> dg.SkipReason:
-    """Delete orphaned and expired RayClusters; running it twice deletes nothing more, because a 404 counts as deleted."""
+    """Delete orphaned and expired RayClusters; a second run deletes nothing more, because a 404 counts as deleted."""
     if ray_cluster.backend != "kuberay":
         return dg.SkipReason(
             "The Ray backend is local: a run's watchdog stops its cluster, so there is nothing to sweep"

@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ray.train
@@ -24,6 +25,9 @@ from training_pipelines.ranking.model import (
 from training_pipelines.ranking.train_plain import make_optimizer, train_step
 
 CHECKPOINT_FILE = "state.pt"
+# Largest shard a worker keeps in memory between epochs.
+SHARD_CACHE_BYTES = 512 * 1024**2
+COLUMNS = [*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]
 
 # Ray Train tees print() to both the worker's stdout and its logger, so a printed line
 # shows up twice in the job log. A log record shows up once.
@@ -42,6 +46,52 @@ def _warm_start(model: RankingModel, warm_start_path: str, shrink: float) -> Non
     # Yesterday's corrections were fit to yesterday's window; shrinking them toward the
     # popularity baseline keeps a chain of warm starts from drifting.
     shrink_corrections(model, shrink)
+
+
+class _ShardCache:
+    """This worker's shard as tensors in memory, filled during the first epoch and reshuffled each epoch after.
+
+    Reading through Ray Data costs milliseconds per batch (block fetch, local shuffle
+    buffer, conversion to tensors), which for a small model costs more than the step
+    itself. A shard above ``max_bytes`` is not kept and every epoch streams it again.
+    """
+
+    def __init__(self, *, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._tensors: dict[str, torch.Tensor] | None = None
+        self._streaming = False
+
+    def batches(
+        self, shard: Any, *, batch_size: int, seed: int, device: torch.device
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        if self._tensors is not None:
+            rows = len(self._tensors[LABEL_COLUMN])
+            order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).to(device)
+            for start in range(0, rows, batch_size):
+                indices = order[start : start + batch_size]
+                yield {name: tensor[indices] for name, tensor in self._tensors.items()}
+            return
+
+        kept: list[dict[str, torch.Tensor]] = []
+        kept_bytes = 0
+        for batch in shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * batch_size,
+            local_shuffle_seed=seed,
+        ):
+            tensors = batch_to_tensors({name: batch[name] for name in COLUMNS}, device=device)
+            if not self._streaming:
+                kept.append(tensors)
+                kept_bytes += sum(tensor.element_size() * tensor.nelement() for tensor in tensors.values())
+                if kept_bytes > self._max_bytes:
+                    logger.info(
+                        "The shard is above %d bytes, so every epoch reads it through Ray Data", self._max_bytes
+                    )
+                    self._streaming, kept = True, []
+            yield tensors
+        if not self._streaming and kept:
+            self._tensors = {name: torch.cat([batch[name] for batch in kept]) for name in kept[0]}
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -84,7 +134,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model = ray.train.torch.prepare_model(model)
     shard = ray.train.get_dataset_shard("train")
-    columns = [*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]
+    batch_size = int(config["batch_size"])
+    cache = _ShardCache(max_bytes=int(config.get("shard_cache_bytes", SHARD_CACHE_BYTES)))
     epochs = int(config["epochs"])
 
     for epoch in range(start_epoch, epochs):
@@ -92,13 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         loss_sum = 0.0
         samples = 0
-        for batch in shard.iter_batches(
-            batch_size=int(config["batch_size"]),
-            batch_format="numpy",
-            local_shuffle_buffer_size=4 * int(config["batch_size"]),
-            local_shuffle_seed=int(config["seed"]) + epoch,
-        ):
-            tensors = batch_to_tensors({name: batch[name] for name in columns}, device=device)
+        for tensors in cache.batches(shard, batch_size=batch_size, seed=int(config["seed"]) + epoch, device=device):
             rows = len(tensors[LABEL_COLUMN])
             loss_sum += train_step(model, optimizer, tensors) * rows
             samples += rows

@@ -1,0 +1,59 @@
+"""The training loop's in-memory shard cache, with a stand-in for Ray Data's shard iterator."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tests.unit.test_ranking_model import make_examples
+from training_pipelines.ranking.features import LABEL_COLUMN, WEIGHT_COLUMN
+from training_pipelines.training.train_loop import COLUMNS, _ShardCache
+
+
+class FakeShard:
+    """Yields an examples frame in numpy batches, as ``DataIterator.iter_batches`` does, and counts passes."""
+
+    def __init__(self, examples: pd.DataFrame) -> None:
+        self.examples = examples
+        self.passes = 0
+
+    def iter_batches(self, *, batch_size: int, **_: object):  # type: ignore[no-untyped-def]
+        self.passes += 1
+        for start in range(0, len(self.examples), batch_size):
+            part = self.examples.iloc[start : start + batch_size]
+            yield {name: part[name].to_numpy() for name in self.examples.columns}
+
+
+def examples(rows: int) -> pd.DataFrame:
+    frame = make_examples(rows)
+    frame[WEIGHT_COLUMN] = np.float32(1.0)
+    return frame[COLUMNS]
+
+
+def epoch(cache: _ShardCache, shard: FakeShard, seed: int) -> list[dict[str, torch.Tensor]]:
+    return list(cache.batches(shard, batch_size=32, seed=seed, device=torch.device("cpu")))
+
+
+def test_later_epochs_reuse_cached_rows() -> None:
+    shard = FakeShard(examples(100))
+    cache = _ShardCache(max_bytes=10**9)
+
+    first = epoch(cache, shard, seed=0)
+    second = epoch(cache, shard, seed=1)
+    third = epoch(cache, shard, seed=2)
+
+    assert shard.passes == 1
+    assert [len(batch[LABEL_COLUMN]) for batch in second] == [32, 32, 32, 4]
+    labels = [torch.cat([batch[LABEL_COLUMN] for batch in run]) for run in (first, second, third)]
+    assert sorted(labels[0].tolist()) == sorted(labels[1].tolist())
+    assert not torch.equal(torch.cat([b["prior_logit"] for b in second]), torch.cat([b["prior_logit"] for b in third]))
+
+
+def test_shard_above_limit_streams_every_epoch() -> None:
+    shard = FakeShard(examples(100))
+    cache = _ShardCache(max_bytes=1000)
+
+    epoch(cache, shard, seed=0)
+    rows = sum(len(batch[LABEL_COLUMN]) for batch in epoch(cache, shard, seed=1))
+
+    assert shard.passes == 2
+    assert rows == 100
