@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PARTITION ?= 1998-03-15
 export DAGSTER_HOME := $(CURDIR)/.dagster
 
-.PHONY: setup demo test ui clean
+.PHONY: setup demo test bench ui clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Full-size benchmarks; they write benchmarks/results.json and docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

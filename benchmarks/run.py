@@ -1,0 +1,166 @@
+"""Run the benchmarks, write ``benchmarks/results.json`` and regenerate ``docs/benchmarks.md``.
+
+``python -m benchmarks.run`` runs every benchmark at full size. ``--smoke`` runs them
+with tiny sizes and one round, only to keep them working: CI does that, with
+``--output`` pointing at a temporary folder. ``--only NAME`` picks benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+RESULTS = REPOSITORY / "benchmarks" / "results.json"
+REPORT = REPOSITORY / "docs" / "benchmarks.md"
+
+
+def _cluster(smoke: bool) -> dict[str, Any]:
+    from benchmarks import cluster
+
+    return cluster.run(workers=1 if smoke else 2, rounds=1 if smoke else 5)
+
+
+def _training(smoke: bool) -> dict[str, Any]:
+    from benchmarks import training
+
+    if smoke:
+        return training.run(window_days=2, epochs=1, rounds=1)
+    return training.run(window_days=28, epochs=3, rounds=3)
+
+
+def _orphans(smoke: bool) -> dict[str, Any]:
+    from benchmarks import orphans
+
+    return orphans.run(clusters=5 if smoke else 200)
+
+
+def _end_to_end(smoke: bool) -> dict[str, Any]:
+    from benchmarks import end_to_end
+
+    if smoke:
+        return end_to_end.run(partition=dt.date(1997, 9, 24), rounds=1)
+    return end_to_end.run(partition=dt.date(1998, 4, 21), rounds=3)
+
+
+BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
+    "cluster": _cluster,
+    "training": _training,
+    "orphans": _orphans,
+    "end_to_end": _end_to_end,
+}
+
+# Figure, target, and whether a lower figure is better.
+TARGETS: dict[str, tuple[float, bool]] = {
+    "ready_vs_bare_ratio": (1.1, True),
+    "teardown_s": (3.0, True),
+    "throughput_vs_plain_ratio": (0.9, False),
+    "orphan_tick_s": (2.0, True),
+    "e2e_vs_plain_ratio": (1.5, True),
+    "run_process_peak_rss_mb": (1536, True),
+}
+
+
+def machine() -> dict[str, Any]:
+    """Describe where the figures were measured."""
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "versions": {name: metadata.version(name) for name in ("ray", "torch", "dagster", "kubernetes")},
+    }
+
+
+def _verdict(name: str, value: Any) -> str:
+    if name not in TARGETS or not isinstance(value, int | float):
+        return ""
+    target, lower_is_better = TARGETS[name]
+    met = value <= target if lower_is_better else value >= target
+    return f"{'≤' if lower_is_better else '≥'} {target:g}: {'met' if met else 'NOT met'}"
+
+
+def render_report(results: dict[str, Any]) -> str:
+    """Write the Markdown page of ``results``."""
+    info = results["machine"]
+    versions = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
+    lines = [
+        "# Benchmarks",
+        "",
+        "The platform's own cost against the floor that Ray and PyTorch set, measured side by side in",
+        "one run: each pair runs alternately, and a ratio is the median of the pairwise ratios.",
+        "This page and `benchmarks/results.json` are written by `make bench`; edit the code, not the page.",
+        "",
+        f"Measured {info['date']} on {info['cpus']} CPUs and {info['memory_gib']} GiB ({info['system']}),",
+        f"Python {info['python']}, {versions}.",
+        "",
+        "| figure | value | target |",
+        "| --- | --- | --- |",
+    ]
+    for section, figures in results["figures"].items():
+        for name, value in figures.items():
+            lines.append(f"| `{name}` ({section}) | {value} | {_verdict(name, value)} |")
+    lines += ["", "## What each benchmark measures", ""]
+    for section in results["figures"]:
+        doc = (importlib.import_module(f"benchmarks.{section}").__doc__ or "").strip()
+        lines += [f"**{section}**: {' '.join(doc.split())}", ""]
+    lines += [
+        "## Reproduce",
+        "",
+        "```sh",
+        "make bench                                   # every benchmark, full size (about 15 minutes)",
+        ".venv/bin/python -m benchmarks.run --only training",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and one round, to check the code runs")
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark")
+    parser.add_argument(
+        "--output", type=Path, help="folder for results.json and benchmarks.md instead of the repository's"
+    )
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    names = args.only or list(BENCHMARKS)
+    results_path = RESULTS if args.output is None else args.output / "results.json"
+    report_path = REPORT if args.output is None else args.output / "benchmarks.md"
+    if args.smoke and args.output is None:
+        parser.error("--smoke figures are not worth keeping; give --output for them")
+
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {"figures": {}}
+    figures = dict(previous.get("figures", {}))
+    for name in names:
+        started = time.perf_counter()
+        print(f"Running benchmark {name}...", flush=True)
+        figures[name] = BENCHMARKS[name](args.smoke)
+        print(f"  {json.dumps(figures[name])} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    results = {"machine": machine(), "smoke": args.smoke, "figures": figures}
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    report_path.write_text(render_report(results))
+    print(f"Wrote {results_path} and {report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Ray job of the throughput benchmark: the platform's training loop on one examples file, nothing else.
+
+``python -m benchmarks.throughput_job EXAMPLES_URI RESULT_PATH --workers N --epochs E --batch-size B``
+reads the examples through Ray Data, trains with ``TorchTrainer`` and the pipeline's
+``train_loop_per_worker`` (DistributedDataParallel when N > 1), and writes the
+samples per second of the last epoch, as the training loop reports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+import ray
+import ray.data
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from training_pipelines.ranking.model import ModelConfig
+from training_pipelines.training.train_loop import train_loop_per_worker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("examples_uri")
+    parser.add_argument("result_path")
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    args = parser.parse_args()
+
+    ray.init()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.read_parquet(args.examples_uri).materialize()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "model_config": ModelConfig().to_dict(),
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": 5e-4,
+            "seed": 0,
+            "cpus_per_worker": 1,
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=args.workers, resources_per_worker={"CPU": 1}),
+        datasets={"train": dataset},
+        run_config=ray.train.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-train-")),
+    )
+    metrics = trainer.fit().metrics or {}
+    with open(args.result_path, "w", encoding="utf-8") as handle:
+        json.dump({"samples_per_s": metrics["samples_per_s"], "samples": metrics["samples"]}, handle)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Training throughput inside the platform against a plain PyTorch loop over the same rows in memory.
+
+Both sides train ``RankingModel`` with the same batch size, learning rate and one torch
+thread per worker, and both report the samples per second of their last epoch. The
+platform side is the pipeline's own training loop under Ray Train, reading its shard
+through Ray Data, submitted as a Ray job to a local cluster that is already running.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from ray.job_submission import JobSubmissionClient
+
+from benchmarks.common import alternate, scratch
+from resources.jobs import run_job
+from resources.local import LocalRayCluster
+from resources.spec import ClusterSpec
+from training_pipelines.data.source import RatingsSource
+from training_pipelines.ranking.features import FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN, build_examples
+from training_pipelines.ranking.model import ModelConfig, RankingModel, batch_to_tensors
+from training_pipelines.ranking.train_plain import make_optimizer, train_step
+
+BATCH_SIZE = 256
+LEARNING_RATE = 5e-4
+MIB = 1024**2
+COLUMNS = [*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def build_window(*, last_day: dt.date, days: int) -> pd.DataFrame:
+    """Build the training examples of the ``days`` days ending at ``last_day`` from the MovieLens source."""
+    source = RatingsSource()
+    history = source.read_events(end=last_day + dt.timedelta(days=1))
+    window = [last_day - dt.timedelta(days=offset) for offset in range(days)]
+    examples = build_examples(history, source.read_users(), source.read_items(), days=window)
+    return examples[COLUMNS]
+
+
+def plain_samples_per_s(examples: pd.DataFrame, *, epochs: int) -> float:
+    """Train in one process on tensors already in memory; return the samples per second of the last epoch."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = RankingModel(ModelConfig())
+    optimizer = make_optimizer(model, learning_rate=LEARNING_RATE)
+    tensors = batch_to_tensors({name: examples[name].to_numpy() for name in COLUMNS})
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    rate = 0.0
+    for _ in range(epochs):
+        started = time.perf_counter()
+        order = torch.randperm(len(examples), generator=generator)
+        for start in range(0, len(examples), BATCH_SIZE):
+            indices = order[start : start + BATCH_SIZE]
+            train_step(model, optimizer, {name: tensor[indices] for name, tensor in tensors.items()})
+        rate = len(examples) / (time.perf_counter() - started)
+    return rate
+
+
+def platform_samples_per_s(dashboard_url: str, examples_uri: str, *, workers: int, epochs: int) -> float:
+    """Run the platform's training loop as a Ray job; return the samples per second it reports for its last epoch."""
+    result_path = scratch("bt") / "result.json"
+    entrypoint = " ".join(
+        [
+            shlex.quote(sys.executable), "-m", "benchmarks.throughput_job", shlex.quote(examples_uri),
+            shlex.quote(str(result_path)), f"--workers={workers}", f"--epochs={epochs}", f"--batch-size={BATCH_SIZE}",
+        ]
+    )  # fmt: skip
+    run_job(
+        JobSubmissionClient(dashboard_url),
+        entrypoint=entrypoint,
+        submission_id=f"throughput-{workers}-{time.time_ns()}",
+        on_log_line=lambda line: None,
+        # The benchmarks package is not installed; the job finds it through the repository root.
+        env_vars={"PYTHONPATH": str(REPOSITORY)},
+    )
+    return float(json.loads(result_path.read_text())["samples_per_s"])
+
+
+def run(*, window_days: int, epochs: int, rounds: int) -> dict[str, Any]:
+    """Benchmark 4: throughput against plain PyTorch with one worker, and two workers against one."""
+    examples = build_window(last_day=dt.date(1998, 3, 15), days=window_days)
+    folder = scratch("bx")
+    examples_uri = str(folder / "examples.parquet")
+    examples.to_parquet(examples_uri, index=False)
+
+    spec = ClusterSpec(workers=2, cpus_per_worker=1, memory_per_worker=1024 * MIB, object_store_memory=256 * MIB)
+    cluster = LocalRayCluster(
+        name="bench-throughput", spec=spec, temp_root=str(scratch("bc")), on_progress=lambda m: None
+    )
+    info = cluster.start()
+    try:
+        one_vs_plain = alternate(
+            lambda: platform_samples_per_s(info.dashboard_url, examples_uri, workers=1, epochs=epochs),
+            lambda: plain_samples_per_s(examples, epochs=epochs),
+            rounds=rounds,
+        )
+        two_vs_one = alternate(
+            lambda: platform_samples_per_s(info.dashboard_url, examples_uri, workers=2, epochs=epochs),
+            lambda: platform_samples_per_s(info.dashboard_url, examples_uri, workers=1, epochs=epochs),
+            rounds=rounds,
+        )
+    finally:
+        cluster.stop()
+    return {
+        "throughput_rows": len(examples),
+        "throughput_epochs": epochs,
+        "platform_samples_per_s": round(sorted(one_vs_plain.ours)[len(one_vs_plain.ours) // 2]),
+        "plain_samples_per_s": round(sorted(one_vs_plain.floor)[len(one_vs_plain.floor) // 2]),
+        "throughput_vs_plain_ratio": round(one_vs_plain.median_ratio, 3),
+        "scaling_2_vs_1_ratio": round(two_vs_one.median_ratio, 3),
+    }

@@ -1,0 +1,40 @@
+"""The benchmarks at tiny sizes, only to keep them running; their figures are not checked against targets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def test_benchmarks_run_in_smoke_mode(tmp_path: Path, no_leaked_ray_processes: None) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--output", str(tmp_path)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    figures = {name for section in results["figures"].values() for name in section}
+    expected = (
+        "ready_vs_bare_ratio",
+        "teardown_s",
+        "throughput_vs_plain_ratio",
+        "scaling_2_vs_1_ratio",
+        "orphan_api_calls",
+        "e2e_vs_plain_ratio",
+        "run_process_peak_rss_mb",
+    )
+    for name in expected:
+        assert name in figures
+    assert results["smoke"] is True
+    assert "| figure | value | target |" in (tmp_path / "benchmarks.md").read_text()
