@@ -9,15 +9,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import requests
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from resources.errors import RayJobError
+from resources.errors import InvalidRequestError, RayJobError
 
 logger = logging.getLogger(__name__)
 
 JOB_POLL_INTERVAL_S = 1.0
 JOB_TIMEOUT_S = 6 * 3600.0
 LOG_TAIL_LINES = 40
+# Lines an observer gets, as many as the job history keeps.
+RECORD_TAIL_LINES = 200
 # How often an observer gets the job's latest log lines while it runs.
 TAIL_REPORT_INTERVAL_S = 10.0
 
@@ -25,11 +28,14 @@ TAIL_REPORT_INTERVAL_S = 10.0
 class JobObserver(Protocol):
     """Follows one job from submission to its end, for example to keep a record of it.
 
-    ``run_job`` calls ``started`` once the job leaves PENDING, ``log_tail`` every
+    ``run_job`` calls ``submitted`` once the Jobs API accepted the job, ``started`` once
+    it leaves PENDING, ``log_tail`` every
     ``TAIL_REPORT_INTERVAL_S`` while it runs, and ``finished`` once with a
     terminal status (``STOPPED`` when the submitter was interrupted). An observer must
     not raise: a failing record must not fail the job.
     """
+
+    def submitted(self) -> None: ...
 
     def started(self) -> None: ...
 
@@ -74,30 +80,46 @@ def run_job(
     environment = dict(runtime_env or {})
     if env_vars:
         environment["env_vars"] = {**environment.get("env_vars", {}), **env_vars}
-    job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=environment or None)
+    try:
+        job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=environment or None)
+    except ValueError as err:
+        # The Jobs API rejects a submission id it has seen before.
+        raise InvalidRequestError(
+            "job_id", f"job id {submission_id!r} was already submitted to this cluster", "Choose another job id."
+        ) from err
     logger.info("Submitted Ray job %s: %s", job_id, entrypoint)
+    if observer is not None:
+        observer.submitted()
 
     submitted_at = clock()
     deadline = submitted_at + timeout_s
     started_at: float | None = None
+    # The last lines for an error message, and more of them for the observer's record.
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    record_tail: deque[str] = deque(maxlen=RECORD_TAIL_LINES)
     log_offset = 0
     tail_reported_at = submitted_at
     try:
         while True:
-            status = client.get_job_status(job_id)
+            try:
+                status = client.get_job_status(job_id)
+                # Limitation: the Jobs API returns the whole log on each call, which is fine for
+                # training logs of a few MB; tail_job_logs would need an event loop in this thread.
+                logs = client.get_job_logs(job_id)
+            except requests.exceptions.ConnectionError as err:
+                raise RayJobError(
+                    job_id, "LOST", f"the cluster stopped responding while the job ran ({err})", "\n".join(tail)
+                ) from err
             if started_at is None and status != JobStatus.PENDING:
                 started_at = clock()
                 if observer is not None:
                     observer.started()
 
-            # Limitation: the Jobs API returns the whole log on each call, which is fine for
-            # training logs of a few MB; tail_job_logs would need an event loop in this thread.
-            logs = client.get_job_logs(job_id)
             # A line still being written is passed on once its newline arrives, or at the end.
             complete_up_to = len(logs) if status.is_terminal() else logs.rfind("\n", log_offset) + 1
             for line in logs[log_offset:complete_up_to].splitlines():
                 tail.append(line)
+                record_tail.append(line)
                 on_log_line(line)
             log_offset = max(log_offset, complete_up_to)
 
@@ -106,24 +128,28 @@ def run_job(
             if clock() > deadline:
                 raise RayJobError(job_id, "TIMED_OUT", f"still running after {timeout_s:.0f} s", "\n".join(tail))
             if observer is not None and clock() - tail_reported_at >= TAIL_REPORT_INTERVAL_S:
-                observer.log_tail("\n".join(tail))
+                observer.log_tail("\n".join(record_tail))
                 tail_reported_at = clock()
             sleep(JOB_POLL_INTERVAL_S)
     except BaseException as interruption:
-        _stop_quietly(client, job_id)
+        lost = isinstance(interruption, RayJobError) and interruption.status == "LOST"
+        if not lost:
+            _stop_quietly(client, job_id)
         if observer is not None:
-            observer.finished("STOPPED", _stop_reason(interruption), "\n".join(tail))
+            status_text = "LOST" if lost else "STOPPED"
+            observer.finished(status_text, _stop_reason(interruption), "\n".join(record_tail))
         raise
 
     finished_at = clock()
     if status != JobStatus.SUCCEEDED:
         info = client.get_job_info(job_id)
-        reason = info.message or "no message from Ray"
+        # Ray appends the job's last logs to its message; they were streamed already.
+        reason = (info.message or "no message from Ray").split(", last available logs", 1)[0]
         if observer is not None:
-            observer.finished(str(status.value), reason, "\n".join(tail))
+            observer.finished(str(status.value), reason, "\n".join(record_tail))
         raise RayJobError(job_id, str(status.value), reason, "\n".join(tail))
     if observer is not None:
-        observer.finished(str(status.value), "", "\n".join(tail))
+        observer.finished(str(status.value), "", "\n".join(record_tail))
 
     started = started_at if started_at is not None else finished_at
     return JobOutcome(job_id=job_id, queued_s=started - submitted_at, running_s=finished_at - started)

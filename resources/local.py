@@ -155,7 +155,7 @@ class LocalRayCluster:
             # so workers start once the GCS port accepts connections, all at once, while
             # the head's dashboard is still starting.
             self._wait_for_port(self._node_ip, gcs_port, deadline)
-            self._on_progress(f"Starting {self.spec.workers} Ray worker nodes")
+            self._on_progress(f"Starting {self.spec.workers} Ray worker node{'s' if self.spec.workers != 1 else ''}")
             for index in range(self.spec.workers):
                 self._start_node(f"worker-{index}", self._worker_args(index, gcs_address))
 

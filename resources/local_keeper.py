@@ -64,7 +64,7 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
         registry.write(record)
         _say("ready", json.dumps({"name": name, "dashboard_url": info.dashboard_url, "startup_s": info.startup_s}))
         _detach_stdout()
-        logger.info("Holding %s until %s", name, record.expires_at)
+        logger.info("Holding %s until %s UTC", name, f"{record.expires_at:%Y-%m-%d %H:%M:%S}")
 
         deadline = time.monotonic() + ttl_s
         while time.monotonic() < deadline:
@@ -94,7 +94,11 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
 
 def _report_failure(name: str, err: Exception) -> int:
     logger.error("Stopping %s after an error", name, exc_info=err)
-    message = str(err) if isinstance(err, PlatformError) else f"{type(err).__name__}: {err}"
+    if isinstance(err, ClusterStartError):
+        # `trainctl up` raises its own ClusterStartError, which names the cluster again.
+        message = err.reason + (f"\nLast log lines:\n{err.log_tail}" if err.log_tail else "")
+    else:
+        message = str(err) if isinstance(err, PlatformError) else f"{type(err).__name__}: {err}"
     try:
         _say("failed", json.dumps({"error": message}))
     except BrokenPipeError:

@@ -139,6 +139,37 @@ class LocalRegistry:
             Path(temporary).unlink(missing_ok=True)
             raise
 
+    def claim(self, name: str) -> bool:
+        """Reserve ``name`` for a cluster about to start; False when a live process holds or reserved it.
+
+        The reservation is a file created exclusively, so of two ``trainctl up`` with one
+        name at the same time only one gets it. A reservation whose process died is taken over.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.get(name) is not None:
+            return False
+        claim = self.root / f"{name}.starting"
+        for _ in range(2):
+            try:
+                handle = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = ProcessRef(**json.loads(claim.read_text(encoding="utf-8")))
+                except (OSError, TypeError, ValueError):
+                    owner = None
+                if owner is not None and owner.is_alive():
+                    return False
+                claim.unlink(missing_ok=True)
+                continue
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                json.dump(asdict(ProcessRef.of(os.getpid())), stream)
+            return True
+        return False
+
+    def release_claim(self, name: str) -> None:
+        """Drop the reservation of ``name``; its record, once written, keeps the name taken."""
+        (self.root / f"{name}.starting").unlink(missing_ok=True)
+
     def remove(self, name: str) -> None:
         """Remove a cluster's record and its keeper's log; nothing happens if they are gone."""
         self.path(name).unlink(missing_ok=True)

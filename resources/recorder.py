@@ -34,7 +34,10 @@ class HistoryRecorder:
         self.record = record
         self._warn = warn or (lambda message: logger.warning("%s", message))
         self._clock = clock
-        self._write(lambda history: history.record_submitted(record))
+
+    def submitted(self) -> None:
+        """Record the job once the Jobs API accepted it, so a rejected submission leaves no record."""
+        self._write(lambda history: history.record_submitted(self.record))
 
     def _write(self, action: Callable[[JobHistory], None]) -> None:
         if self._history is None:

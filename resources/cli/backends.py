@@ -323,20 +323,16 @@ class LocalClusters:
     def check(self, request: UpRequest) -> None:
         """Validate the request against this machine and the policy's lifetime cap; raises ``InvalidRequestError``."""
         check_cluster_name(request.name)
-        if request.template != "cpu" or request.image or request.gpu_type:
-            field = "gpu_type"
-            if request.template != "cpu":
-                field = "template"
-            elif request.image:
-                field = "image"
-            raise InvalidRequestError(
-                field,
-                "the local backend runs Ray from this environment, with no template, image or GPU type",
-                "Leave it out, or use --backend kuberay.",
-            )
+        for field, value in (("image", request.image), ("gpu_type", request.gpu_type)):
+            if value:
+                raise InvalidRequestError(
+                    field,
+                    "the local backend runs Ray from this environment on this machine's own GPUs",
+                    "Leave it out, or use --backend kuberay.",
+                )
         self._spec(request).validate(available_memory=psutil.virtual_memory().total, available_gpus=local_gpu_count())
         self.settings.policy().ttl_minutes(request.ttl_minutes)
-        if self.registry.get(request.name) is not None:
+        if self.registry.get(request.name) is not None or (self.registry.root / f"{request.name}.starting").exists():
             raise InvalidRequestError(
                 "name",
                 f"a local cluster named {request.name!r} is running",
@@ -351,7 +347,18 @@ class LocalClusters:
         """
         self.check(request)
         ttl_minutes = self.settings.policy().ttl_minutes(request.ttl_minutes)
-        self.registry.root.mkdir(parents=True, exist_ok=True)
+        if not self.registry.claim(request.name):
+            raise InvalidRequestError(
+                "name",
+                f"a local cluster named {request.name!r} is running or starting",
+                f"Choose another --name, or run `trainctl down {request.name}` first.",
+            )
+        try:
+            return self._start_keeper(request, ttl_minutes, on_progress)
+        finally:
+            self.registry.release_claim(request.name)
+
+    def _start_keeper(self, request: UpRequest, ttl_minutes: int, on_progress: Callable[[str], None]) -> Started:
         log_path = self.registry.log_path(request.name)
         with open(log_path, "ab") as log_file:
             keeper = subprocess.Popen(

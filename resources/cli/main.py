@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -20,8 +21,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+import requests
 import urllib3
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
 
 from resources.cli.backends import (
     ClusterNotFoundError,
@@ -36,12 +39,12 @@ from resources.cli.backends import (
 from resources.cluster import RayClusterResource
 from resources.dashboard import DashboardError, node_usage
 from resources.errors import ClusterStartError, InvalidRequestError, PlatformError, RayJobError
-from resources.history import TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord
+from resources.history import LOG_TAIL_LINES, TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord, state_dir
 from resources.jobs import JOB_POLL_INTERVAL_S, run_job
 from resources.kuberay.inventory import ClusterSummary
 from resources.kuberay.lifecycle import ClusterConflictError
 from resources.kuberay.manifest import manifest_to_yaml
-from resources.recorder import HistoryRecorder
+from resources.recorder import HistoryRecorder, open_history
 from resources.spec import format_duration, format_size, parse_duration_minutes, parse_memory
 
 EXIT_OK = 0
@@ -134,6 +137,15 @@ def handle_errors(command: F) -> F:
             ) from err
         except (DashboardError, HistoryError, PlatformError) as err:
             raise CommandError(str(err), EXIT_PLATFORM) from err
+        except ConfigException as err:
+            raise CommandError(
+                f"no Kubernetes API is configured ({err}). Set KUBE_API_URL, or KUBECONFIG and KUBE_CONTEXT.",
+                EXIT_PLATFORM,
+            ) from err
+        except OSError as err:
+            raise CommandError(
+                f"{err}. Check that TRAINCTL_HOME ({state_dir()}) is a writable folder.", EXIT_PLATFORM
+            ) from err
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -196,11 +208,16 @@ def request_options(command: F) -> F:
         click.option("--team", default=None, help="Team label, for listings and cost reports."),
         click.option("--image", default=None, help="Ray image; must pass the policy's allow-list."),
         click.option("--gpu-type", default=None, help="GPU type the policy knows, such as l4 or a100."),
-        click.option("--gpus-per-worker", type=int, default=0, show_default=True),
+        click.option("--gpus-per-worker", type=int, default=0, show_default=True, help="GPUs of each worker."),
         click.option("--memory", default="2Gi", show_default=True, help="Memory of each worker, such as 8Gi."),
         click.option("--cpus", type=int, default=1, show_default=True, help="CPUs of each worker."),
-        click.option("--workers", type=int, default=2, show_default=True),
-        click.option("--template", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu with GPUs]"),
+        click.option("--workers", type=int, default=2, show_default=True, help="Worker nodes (pods on KubeRay)."),
+        click.option(
+            "--template",
+            type=click.Choice(["cpu", "gpu"]),
+            default=None,
+            help="Vetted template of the RayCluster. [default: gpu with GPUs, else cpu]",
+        ),
     ]
     for option in options:
         command = option(command)
@@ -236,6 +253,10 @@ def _up_request(
         name=name or default_cluster_name(owner),
         owner=owner,
     )
+
+
+def _warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
 
 
 def _now() -> dt.datetime:
@@ -460,12 +481,19 @@ def status(name: str, backend: str | None, namespace: str | None, output: str) -
         )
 
 
+# Ray writes each job's driver log to a file named after the job id.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
     env = {}
     for value in values:
         key, sep, content = value.partition("=")
-        if not sep or not key:
-            raise InvalidRequestError("--env", f"{value!r} is not KEY=VALUE", "Write --env NAME=value.")
+        if not sep or not ENV_NAME.fullmatch(key):
+            raise InvalidRequestError(
+                "--env", f"{value!r} is not NAME=VALUE with a valid variable name", "Write --env NAME=value."
+            )
         env[key] = content
     return env
 
@@ -506,41 +534,60 @@ def submit(
     timeout_s = parse_duration_minutes(timeout, field="--timeout") * 60.0
     runtime_env: dict[str, Any] = {"working_dir": working_dir} if working_dir else {}
     env_vars = _parse_env(env)
+    if job_id is not None and not JOB_ID.fullmatch(job_id):
+        raise InvalidRequestError(
+            "--job-id",
+            f"{job_id!r} is not a valid job id",
+            "Use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit.",
+        )
     submission_id = job_id or f"{name}-{uuid.uuid4().hex[:8]}"
+    history = open_history(history_url, warn=_warn)
+    if history is not None and history.get(submission_id) is not None:
+        raise InvalidRequestError(
+            "--job-id", f"job {submission_id!r} is already in the history", "Choose another --job-id, or leave it out."
+        )
 
     from ray.job_submission import JobSubmissionClient
 
-    with _history(history_url) as history, clusters.dashboard(name) as url:
-        record = JobRecord(
-            job_id=submission_id,
-            cluster=name,
-            backend=clusters.backend,
-            namespace=summary.namespace or None,
-            template=summary.template or None,
-            request={
-                "workers": summary.workers_desired,
-                "cpus": float(summary.cpus),
-                "gpus": summary.gpus,
-                "memory_bytes": summary.memory,
-            },
-            entrypoint=entrypoint,
-            submitter=current_user(),
-            origin="manual",
-            dashboard_url=url,
-            submitted_at=_now(),
-        )
-        recorder = HistoryRecorder(history, record, warn=lambda message: click.echo(message, err=True))
-        click.echo(f"Submitted job {submission_id} to {name}", err=True)
-        outcome = run_job(
-            JobSubmissionClient(url),
-            entrypoint=entrypoint,
-            submission_id=submission_id,
-            on_log_line=click.echo,
-            env_vars=env_vars or None,
-            runtime_env=runtime_env or None,
-            timeout_s=timeout_s,
-            observer=recorder,
-        )
+    try:
+        with clusters.dashboard(name) as url:
+            record = JobRecord(
+                job_id=submission_id,
+                cluster=name,
+                backend=clusters.backend,
+                namespace=summary.namespace or None,
+                template=summary.template or None,
+                request={
+                    "workers": summary.workers_desired,
+                    "cpus": float(summary.cpus),
+                    "gpus": summary.gpus,
+                    "memory_bytes": summary.memory,
+                },
+                entrypoint=entrypoint,
+                submitter=current_user(),
+                origin="manual",
+                dashboard_url=url,
+                submitted_at=_now(),
+            )
+            recorder = HistoryRecorder(history, record, warn=_warn)
+            click.echo(f"Submitted job {submission_id} to {name}", err=True)
+            try:
+                outcome = run_job(
+                    JobSubmissionClient(url),
+                    entrypoint=entrypoint,
+                    submission_id=submission_id,
+                    on_log_line=click.echo,
+                    env_vars=env_vars or None,
+                    runtime_env=runtime_env or None,
+                    timeout_s=timeout_s,
+                    observer=recorder,
+                )
+            except RayJobError as err:
+                # The log was streamed above, so only the outcome is repeated.
+                raise CommandError(f"job {err.job_id} ended as {err.status}: {err.reason}", EXIT_JOB_FAILED) from err
+    finally:
+        if history is not None:
+            history.close()
     click.echo(f"Job {outcome.job_id} succeeded in {outcome.running_s:.1f} s", err=True)
 
 
@@ -580,7 +627,7 @@ def logs(
     with _history(history_url) as history:
         record = history.get(job_id) if job_id else history.latest(name)
         if record is not None and record.cluster != name:
-            raise ClusterNotFoundError(name, f"for job {job_id} (it ran on {record.cluster})")
+            raise CommandError(f"Job {job_id} ran on cluster {record.cluster}, not {name}.", EXIT_NOT_FOUND)
         try:
             clusters.find(name)
         except ClusterNotFoundError:
@@ -598,7 +645,14 @@ def logs(
 
         with clusters.dashboard(name) as url:
             target = job_id or (record.job_id if record is not None else _latest_job_on(url, name))
-            final = _follow_logs(url, target, follow=follow)
+            try:
+                final = _follow_logs(url, target, follow=follow)
+            except RuntimeError as err:
+                if "does not exist" not in str(err):
+                    raise
+                raise CommandError(
+                    f"No job {target!r} on cluster {name}. `trainctl history` lists jobs.", EXIT_NOT_FOUND
+                ) from err
     if follow and final != "SUCCEEDED":
         click.echo(f"Job {target} ended as {final}", err=True)
         sys.exit(EXIT_JOB_FAILED)
@@ -609,7 +663,7 @@ def _latest_job_on(url: str, name: str) -> str:
 
     jobs = [job for job in JobSubmissionClient(url).list_jobs() if job.submission_id]
     if not jobs:
-        raise ClusterNotFoundError(name, "with any job; submit one with `trainctl submit`")
+        raise CommandError(f"Cluster {name} has run no job yet; submit one with `trainctl submit`.", EXIT_NOT_FOUND)
     return str(max(jobs, key=lambda job: job.start_time or 0).submission_id)
 
 
@@ -662,12 +716,54 @@ def down(
     if not targets:
         click.echo("No cluster to delete.")
         return
-    with _history(history_url) as history:
+    history = open_history(history_url, warn=_warn)
+    try:
         for target in targets:
+            if history is not None:
+                _settle_jobs(clusters, history, target.name)
             clusters.delete(target.name)
-            lost = history.mark_lost(target.name, message="its cluster was deleted before the job ended", at=_now())
+            lost = 0
+            if history is not None:
+                lost = history.mark_lost(target.name, message="its cluster was deleted before the job ended", at=_now())
             note = f"; {lost} unfinished job(s) marked LOST" if lost else ""
             click.echo(f"Deleted {target.name}{note}")
+    finally:
+        if history is not None:
+            history.close()
+
+
+def _settle_jobs(clusters: Clusters, history: JobHistory, name: str) -> None:
+    """Record the real end of the cluster's jobs that no submitter saw finish, and the log of those still running.
+
+    A ``submit`` that was killed leaves its job RUNNING in the history. Before the cluster
+    and its Jobs API go, each such job gets its status from Ray and its last log lines.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    unfinished = [record for record in history.list(cluster=name, limit=1000) if record.status not in TERMINAL_STATUSES]
+    if not unfinished:
+        return
+    try:
+        with clusters.dashboard(name) as url:
+            client = JobSubmissionClient(url)
+            for record in unfinished:
+                info = client.get_job_info(record.job_id)
+                tail = "\n".join(client.get_job_logs(record.job_id).splitlines()[-LOG_TAIL_LINES:])
+                if info.status.is_terminal():
+                    ended = _now()
+                    if info.end_time:
+                        ended = dt.datetime.fromtimestamp(info.end_time / 1000, dt.UTC)
+                    history.record_finished(
+                        record.job_id,
+                        status=str(info.status.value),
+                        message=info.message or "",
+                        at=ended,
+                        log_tail=tail,
+                    )
+                else:
+                    history.record_log_tail(record.job_id, tail)
+    except (DashboardError, ConnectionError, RuntimeError, requests.exceptions.RequestException) as err:
+        _warn(f"the jobs of {name} could not be read before deleting it: {err}")
 
 
 def _history_row(record: JobRecord) -> list[str]:
@@ -689,7 +785,7 @@ def _history_row(record: JobRecord) -> list[str]:
 @click.option("--job", "job_id", default=None, help="One job, with its request and last log lines.")
 @click.option("--mine", is_flag=True, help="Only jobs you submitted.")
 @click.option("--status", "status_filter", default=None, help="Only jobs with this status, such as FAILED.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=100_000), default=50, show_default=True)
 @click.option("--history-url", default=None, help="Job history database. [default: TRAINING_HISTORY_URL]")
 @output_option
 @handle_errors
@@ -719,7 +815,8 @@ def history(
                 return
             for key, value in record.to_dict().items():
                 if key != "log_tail":
-                    click.echo(f"{key + ':':15} {json.dumps(value) if isinstance(value, dict) else value}")
+                    printed = json.dumps(value) if isinstance(value, dict) else ("-" if value is None else value)
+                    click.echo(f"{key + ':':15} {printed}")
             click.echo(f"log tail:\n{record.log_tail}")
             return
         statuses = None if status_filter is None else status_filter.upper()
@@ -742,7 +839,12 @@ def history(
 
 @cli.command(name="exit-codes")
 def exit_codes() -> None:
-    """Print what each exit code of trainctl means."""
+    """Print what each exit code of trainctl means.
+
+    \b
+    Example:
+      trainctl exit-codes
+    """
     for code, meaning in EXIT_CODES.items():
         click.echo(f"{code:>3}  {meaning}")
 

@@ -75,7 +75,32 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
             env, "submit", "exp-local", "--job-id", "job-bad", "--", "python", "-c", "raise SystemExit('boom 42')"
         )
         assert failed.returncode == 1
-        assert "boom 42" in failed.stderr
+        assert "boom 42" in failed.stdout
+        assert "ended as FAILED: Job entrypoint command failed with exit code 1" in failed.stderr
+
+        reused = run_trainctl(env, "submit", "exp-local", "--job-id", "job-ok", "--", "true")
+        assert reused.returncode == 3
+        assert "--job-id: job 'job-ok' is already in the history" in reused.stderr
+        assert run_trainctl(env, "logs", "exp-local", "--job", "no-such-job").returncode == 4
+
+        many = run_trainctl(
+            env, "submit", "exp-local", "--job-id", "job-many", "--", "python", "-c", "[print(i) for i in range(300)]"
+        )
+        assert many.returncode == 0, many.stderr
+
+        # A job whose submitter was killed still gets its real end recorded when the cluster goes.
+        orphaned = subprocess.Popen(
+            [TRAINCTL, "submit", "exp-local", "--job-id", "job-unwatched", "--", "python", "-c",
+             "import time; time.sleep(4); print('finished alone')"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert orphaned.stdout is not None
+        for line in orphaned.stdout:
+            if "Running entrypoint" in line:
+                break
+        orphaned.kill()
+        orphaned.wait()
+        time.sleep(8)
 
         logs = run_trainctl(env, "logs", "exp-local", "--job", "job-ok")
         assert logs.returncode == 0
@@ -91,6 +116,10 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
     # The history outlives the cluster.
     history = run_trainctl(env, "history", "-o", "json")
     statuses = {record["job_id"]: record for record in history.json()}
+    assert statuses["job-unwatched"]["status"] == "SUCCEEDED"
+    assert "finished alone" in statuses["job-unwatched"]["log_tail"]
+    assert len(statuses["job-many"]["log_tail"].splitlines()) == 200
+    assert statuses["job-many"]["log_tail"].splitlines()[-1] == "299"
     assert statuses["job-ok"]["status"] == "SUCCEEDED"
     assert statuses["job-bad"]["status"] == "FAILED"
     assert "boom 42" in statuses["job-bad"]["log_tail"]

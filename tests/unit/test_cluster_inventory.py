@@ -154,3 +154,20 @@ def test_orphan_sensor_deletes_expired_manual_cluster() -> None:
     assert isinstance(result, dg.SkipReason)
     assert "exp-expired" in str(result.skip_message)
     assert remaining == ["exp-young"]
+
+
+def test_registry_claim_is_exclusive(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path)
+    assert registry.claim("exp-a")
+    # This process holds the claim, so a second claim fails until it is released.
+    assert not registry.claim("exp-a")
+    registry.release_claim("exp-a")
+    assert registry.claim("exp-a")
+
+
+def test_registry_takes_over_a_dead_claim(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "exp-b.starting").write_text(json.dumps({"pid": dead.pid, "started": 0.0}))
+    assert registry.claim("exp-b")
