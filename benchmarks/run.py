@@ -55,9 +55,16 @@ def _end_to_end(smoke: bool) -> dict[str, Any]:
     return end_to_end.run(partition=dt.date(1998, 4, 21), rounds=3)
 
 
+def _first_step(smoke: bool) -> dict[str, Any]:
+    from benchmarks import first_step
+
+    return first_step.run(window_days=2 if smoke else 7, rounds=1 if smoke else 3)
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "cluster": _cluster,
     "training": _training,
+    "first_step": _first_step,
     "orphans": _orphans,
     "end_to_end": _end_to_end,
 }
@@ -68,6 +75,8 @@ TARGETS: dict[str, tuple[float, bool]] = {
     "teardown_s": (3.0, True),
     "throughput_vs_plain_ratio": (0.9, False),
     "orphan_tick_s": (2.0, True),
+    "first_step_vs_bare_ratio": (1.2, True),
+    "kuberay_vs_local_ratio": (1.2, True),
     "e2e_vs_plain_ratio": (1.5, True),
     "run_process_peak_rss_mb": (1536, True),
 }

@@ -146,6 +146,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for tensors in cache.batches(shard, batch_size=batch_size, seed=int(config["seed"]) + epoch, device=device):
             rows = len(tensors[LABEL_COLUMN])
             loss_sum += train_step(model, optimizer, tensors) * rows
+            if samples == 0 and epoch == start_epoch and rank == 0:
+                # Wall-clock time, so that a submitter on the same machine can measure time to first step.
+                logger.info("First training step done at %.3f (Unix time)", time.time())
             samples += rows
         elapsed = time.perf_counter() - started
 
