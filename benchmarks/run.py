@@ -127,10 +127,16 @@ def render_report(results: dict[str, Any]) -> str:
         doc = (importlib.import_module(f"benchmarks.{section}").__doc__ or "").strip()
         lines += [f"**{section}**: {' '.join(doc.split())}", ""]
     lines += [
+        "## Not measured yet",
+        "",
+        "- A backfill of 14 days in runs that share one cluster against 14 separate runs",
+        "  (`backfill_shared_vs_separate_ratio`): the model assets still run one partition per run.",
+        "- Training with NCCL on a GPU: this machine has none.",
+        "",
         "## Reproduce",
         "",
         "```sh",
-        "make bench                                   # every benchmark, full size (about 15 minutes)",
+        "make bench                                   # every benchmark, full size (about 20 minutes)",
         ".venv/bin/python -m benchmarks.run --only training",
         "```",
         "",
