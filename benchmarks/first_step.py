@@ -4,7 +4,7 @@ Every side runs the same driver (``benchmarks.throughput_job``: Ray Data ingest 
 ``TorchTrainer`` with the pipeline's training loop, 2 workers) and reads the time of
 the first step from the line the training loop logs. The platform side submits through
 ``RayClusterResource.submit_job`` (Jobs API, log streaming, job history) to a running
-local cluster; the floor submits with the ``ray job submit`` command to the same
+local cluster. The floor submits with the ``ray job submit`` command to the same
 cluster. The KubeRay pair measures the whole path from request to first step, cluster
 start included, through the ``kuberay`` backend on the Kubernetes API stand-in and
 through the ``local`` backend; the stand-in's own start is reported apart.

@@ -2,7 +2,7 @@
 
 ``trainctl up`` starts this module in its own session and reads its standard output:
 ``progress <text>`` lines while the cluster starts, then one ``ready <json>`` line.
-From then on the keeper needs nobody: it holds the cluster until its lifetime ends, it
+From then on the keeper runs on its own: it keeps the cluster running until its lifetime ends, it
 receives SIGTERM (``trainctl down``), or one of the cluster's nodes exits, and in each
 case stops every process of the cluster and removes its record. If the keeper itself
 is killed, the cluster's watchdog (``resources.reaper``) stops the nodes.

@@ -140,7 +140,7 @@ class LocalRegistry:
             raise
 
     def claim(self, name: str) -> bool:
-        """Reserve ``name`` for a cluster about to start; False when a live process holds or reserved it.
+        """Reserve ``name`` for a cluster about to start; False when a live process owns or reserved it.
 
         The reservation is a file created exclusively, so of two ``trainctl up`` with one
         name at the same time only one gets it. A reservation whose process died is taken over.

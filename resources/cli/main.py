@@ -815,7 +815,11 @@ def history(
                 return
             for key, value in record.to_dict().items():
                 if key != "log_tail":
-                    printed = json.dumps(value) if isinstance(value, dict) else ("-" if value is None else value)
+                    printed = value
+                    if isinstance(value, dict):
+                        printed = json.dumps(value)
+                    elif value is None:
+                        printed = "-"
                     click.echo(f"{key + ':':15} {printed}")
             click.echo(f"log tail:\n{record.log_tail}")
             return

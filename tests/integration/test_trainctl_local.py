@@ -125,10 +125,10 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
     assert "boom 42" in statuses["job-bad"]["log_tail"]
     assert statuses["job-ok"]["origin"] == "manual"
     assert statuses["job-ok"]["cluster"] == "exp-local"
-    gone = run_trainctl(env, "logs", "exp-local", "--job", "job-ok")
-    assert gone.returncode == 0
-    assert "hello 2" in gone.stdout
-    assert "is gone" in gone.stderr
+    after_down = run_trainctl(env, "logs", "exp-local", "--job", "job-ok")
+    assert after_down.returncode == 0
+    assert "hello 2" in after_down.stdout
+    assert "is gone" in after_down.stderr
 
 
 def test_invalid_requests_start_nothing(env: dict[str, str], tmp_path: Path) -> None:
@@ -221,9 +221,9 @@ def test_lists_a_run_cluster_and_protects_it(env: dict[str, str], monkeypatch: p
         [cluster] = run_trainctl(env, "list", "-o", "json").json()
         assert cluster["origin"] == "dagster"
         assert cluster["time_left_s"] is None
-        refused = run_trainctl(env, "down", cluster["name"])
-        assert refused.returncode == 3
-        assert "add --force" in refused.stderr
+        rejected = run_trainctl(env, "down", cluster["name"])
+        assert rejected.returncode == 3
+        assert "add --force" in rejected.stderr
         assert run_trainctl(env, "list", "-o", "json").json() != []
     finally:
         resource.stop()

@@ -69,7 +69,7 @@ def test_summary_reads_origin_size_and_expiry() -> None:
     assert summary.to_dict(NOW)["time_left_s"] == 3600
 
 
-def test_summary_of_a_run_cluster_names_run_and_partition() -> None:
+def test_run_summary_names_partition() -> None:
     summary = summarize(cluster("ray-run", origin="dagster"))
     assert summary.origin == "dagster"
     assert summary.run_id == "run-of-ray-run"
@@ -86,7 +86,7 @@ def test_manual_clusters_are_deleted_only_once_expired() -> None:
     assert "lifetime of 2 h ended" in orphans[0].reason
 
 
-def test_runs_of_other_code_locations_are_left_alone_until_expired() -> None:
+def test_other_locations_kept_until_expired() -> None:
     clusters = [
         cluster("ray-theirs", origin="dagster", code_location="other_location"),
         cluster("ray-theirs-old", origin="dagster", code_location="other_location", created=NOW - dt.timedelta(days=1)),
@@ -96,7 +96,7 @@ def test_runs_of_other_code_locations_are_left_alone_until_expired() -> None:
     assert sorted(orphan.name for orphan in orphans) == ["ray-ours", "ray-theirs-old"]
 
 
-def test_active_run_keeps_its_cluster_until_its_lifetime_ends() -> None:
+def test_active_run_kept_until_expired() -> None:
     young = cluster("ray-live", origin="dagster")
     old = cluster("ray-live-old", origin="dagster", created=NOW - dt.timedelta(hours=5))
     orphans = find_orphans([young, old], run_is_active=lambda run_id: True, now=NOW)

@@ -504,7 +504,7 @@ def test_wait_reports_pod_progress_once_per_fact(standin: KubeStandin, fake_time
     seed_pod(standin, f"{CLUSTER}-head", node_type="head", status=pod_status(state=RUNNING, ready=True))
     for index in range(2):
         seed_pod(standin, f"{CLUSTER}-workers-worker-{index}", node_type="worker", status=pod_status(state=RUNNING))
-    # The first probe fails, so the wait loop turns twice and sees every fact twice.
+    # The first probe fails, so the wait loop turns twice and reads every fact twice.
     clusters = make_client(standin, fake_time, RecordingProbe(False, True))
     progress: list[str] = []
 

@@ -53,7 +53,7 @@ class _ShardCache:
 
     Reading through Ray Data costs milliseconds per batch (block fetch, local shuffle
     buffer, conversion to tensors), which for a small model costs more than the step
-    itself. A shard above ``max_bytes`` is not kept and every epoch streams it again.
+    itself. A shard above ``max_bytes`` is not cached and every epoch streams it again.
     """
 
     def __init__(self, *, max_bytes: int) -> None:
@@ -72,7 +72,7 @@ class _ShardCache:
                 yield {name: tensor[indices] for name, tensor in self._tensors.items()}
             return
 
-        kept: list[dict[str, torch.Tensor]] = []
+        cached: list[dict[str, torch.Tensor]] = []
         kept_bytes = 0
         for batch in shard.iter_batches(
             batch_size=batch_size,
@@ -82,16 +82,17 @@ class _ShardCache:
         ):
             tensors = batch_to_tensors({name: batch[name] for name in COLUMNS}, device=device)
             if not self._streaming:
-                kept.append(tensors)
+                cached.append(tensors)
                 kept_bytes += sum(tensor.element_size() * tensor.nelement() for tensor in tensors.values())
                 if kept_bytes > self._max_bytes:
                     logger.info(
                         "The shard is above %d bytes, so every epoch reads it through Ray Data", self._max_bytes
                     )
-                    self._streaming, kept = True, []
+                    self._streaming = True
+                    cached = []
             yield tensors
-        if not self._streaming and kept:
-            self._tensors = {name: torch.cat([batch[name] for batch in kept]) for name in kept[0]}
+        if not self._streaming and cached:
+            self._tensors = {name: torch.cat([batch[name] for batch in cached]) for name in cached[0]}
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
