@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -175,7 +176,15 @@ def _render_url(url: URL) -> str:
 
 def _enable_wal(dbapi_connection: Any, connection_record: Any) -> None:
     # WAL lets readers go on while one process writes. The busy timeout makes writers wait for each other.
-    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    # The mode is stored in the file, so only the first connection to a new database changes it.
+    if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    try:
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as err:
+        # SQLite refuses the change without waiting while another connection uses the file. The
+        # database works in its current mode; a later connection switches it.
+        logger.debug("Kept the journal mode of the job history: %s", err)
 
 
 def _create_engine(url: URL) -> sa.Engine:
@@ -190,6 +199,11 @@ def _create_engine(url: URL) -> sa.Engine:
 
 def _create_schema(connection: Connection) -> list[int]:
     with connection.begin():
+        if connection.dialect.name == "sqlite":
+            # create_all reads the catalogue before it writes. In WAL mode a transaction that read
+            # before another connection's commit cannot start writing and fails at once, without the
+            # busy timeout, so take the write lock first and wait for it like any other writer.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         _metadata.create_all(connection)
         versions = list(connection.execute(sa.select(_schema_version.c.version)).scalars())
         if not versions:
@@ -245,9 +259,10 @@ class JobHistory:
 
     def _prepare_schema(self) -> list[int]:
         """Create the tables and the version row where missing, and return the stored schema versions."""
-        # Processes opening a new database at once race to create each table and the version row.
-        # Each lost race means another process created one of them, so one attempt per object and
-        # one more always succeed. A failed connection raises at once, without retries.
+        # On a server database, processes opening a new database at once race to create each table and
+        # the version row. Each lost race means another process created one of them, so one attempt per
+        # object and one more always succeed. SQLite serialises the creation instead (see _create_schema).
+        # A failed connection raises at once, without retries.
         attempts = len(_metadata.tables) + 2
         with self._engine.connect() as connection:
             for _ in range(attempts - 1):

@@ -21,13 +21,25 @@ def ray_processes() -> dict[int, str]:
     """PIDs and command lines of every Ray process on this machine."""
     found: dict[int, str] = {}
     for process in psutil.process_iter(["pid", "name", "cmdline"]):
+        text = " ".join(process.info["cmdline"] or []) or process.info["name"] or ""
+        if not any(marker in text for marker in RAY_PROCESS_MARKERS):
+            continue
         try:
-            text = " ".join(process.info["cmdline"] or []) or process.info["name"] or ""
+            # A process can exit between the listing and this call; it is then no longer running.
+            running = process.status() != psutil.STATUS_ZOMBIE
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if any(marker in text for marker in RAY_PROCESS_MARKERS) and process.status() != psutil.STATUS_ZOMBIE:
+        if running:
             found[process.info["pid"]] = text[:160]
     return found
+
+
+def is_running(pid: int) -> bool:
+    """Return whether ``pid`` exists and is not a zombie that only waits to be reaped."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def wait_for_no_new_ray_processes(before: dict[int, str], timeout_s: float = LEAK_WAIT_S) -> dict[int, str]:

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from resources.cluster import RayClusterResource
+from tests.integration.conftest import is_running
 from tests.integration.trainctl_helpers import TRAINCTL, run_trainctl, trainctl_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leaked_ray_processes")]
@@ -110,7 +111,7 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
         down = run_trainctl(env, "down", "exp-local")
     assert down.returncode == 0, down.stderr
     assert not record_path.exists()
-    assert not psutil.pid_exists(holder_pid) or psutil.Process(holder_pid).status() == psutil.STATUS_ZOMBIE
+    assert not is_running(holder_pid)
     assert run_trainctl(env, "list", "-o", "json").json() == []
 
     # The history outlives the cluster.
