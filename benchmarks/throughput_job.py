@@ -37,7 +37,7 @@ def main() -> None:
         train_loop_per_worker,
         train_loop_config={
             "model_config": ModelConfig().to_dict(),
-            "epochs": args.epochs,
+            "partitions": [{"partition": "", "dataset": "train", "epochs": args.epochs, "warm_start": None}],
             "batch_size": args.batch_size,
             "learning_rate": 5e-4,
             "seed": 0,

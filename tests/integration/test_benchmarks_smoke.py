@@ -35,6 +35,7 @@ def test_benchmarks_run_in_smoke_mode(tmp_path: Path, no_leaked_ray_processes: N
         "orphan_api_calls",
         "e2e_vs_plain_ratio",
         "run_process_peak_rss_mb",
+        "backfill_shared_vs_separate_ratio",
     )
     for name in expected:
         assert name in figures

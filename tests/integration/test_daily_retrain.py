@@ -10,6 +10,7 @@ from resources.history import JobHistory, state_dir
 from resources.local_registry import LocalRegistry
 from tests.integration.conftest import materialize_history, ray_processes, small_resources
 from training_pipelines.definitions import defs
+from training_pipelines.defs.ranking import ranking_model
 
 pytestmark = pytest.mark.integration
 
@@ -65,17 +66,41 @@ def test_partition_trains_end_to_end(storage_root: Path, no_leaked_ray_processes
     assert LocalRegistry(state_dir() / "clusters").list() == []
 
 
-def test_next_day_warm_starts(storage_root: Path, no_leaked_ray_processes: None) -> None:
-    resources = small_resources(storage_root, workers=1)
-    materialize_history(resources, first="1997-09-20", last="1997-10-22")
-    job = defs.resolve_job_def("daily_retrain_job")
+def test_next_day_warm_starts_and_a_range_shares_one_job(storage_root: Path, no_leaked_ray_processes: None) -> None:
+    history_url = f"sqlite:///{storage_root.parent / 'history.db'}"
+    resources = small_resources(storage_root, workers=1, history_url=history_url)
+    materialize_history(resources, first="1997-09-20", last="1997-10-23")
     instance = dg.DagsterInstance.ephemeral()
 
-    first = job.execute_in_process(partition_key="1997-10-20", instance=instance, resources=resources)
-    second = job.execute_in_process(partition_key="1997-10-21", instance=instance, resources=resources)
+    first = dg.materialize([ranking_model], partition_key="1997-10-20", instance=instance, resources=resources)
+    # What a backfill run of several partitions carries: the days train in order, in one job on one cluster.
+    days = ["1997-10-21", "1997-10-22", "1997-10-23"]
+    backfill = dg.materialize(
+        [ranking_model],
+        instance=instance,
+        resources=resources,
+        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
+    )
 
     assert first.asset_materializations_for_node("ranking_model")[0].metadata["warm_started"].value is False
-    assert second.asset_materializations_for_node("ranking_model")[0].metadata["warm_started"].value is True
+    materializations = backfill.asset_materializations_for_node("ranking_model")
+    assert sorted(event.partition for event in materializations) == days
+    metadata = materializations[0].metadata
+    assert metadata["partitions"].value == f"{days[0]}..{days[-1]}"
+    per_partition = metadata["per_partition"].value
+    assert list(per_partition) == days
+    # The first day of the range warm-starts from the earlier run's model, each next day from the one before.
+    assert all(per_partition[day]["warm_started"] for day in days)
+    assert all(Path(per_partition[day]["model_uri"]).is_file() for day in days)
+    assert metadata["rows"].value == sum(per_partition[day]["rows"] for day in days)
+
+    with JobHistory(history_url) as history:
+        records = history.list(run_id=backfill.run_id)
+    assert [record.job_id for record in records] == [metadata["ray_job_id"].value]
+    assert records[0].status == "SUCCEEDED"
+    logs = [entry.user_message for entry in instance.all_logs(backfill.run_id)]
+    assert any(f"Epoch 1/1 of {days[-1]}" in message for message in logs)
+    assert sum(message.startswith("Starting Ray head of") for message in logs) == 1
 
 
 def test_ratings_only_run_starts_no_cluster(storage_root: Path, no_leaked_ray_processes: None) -> None:

@@ -4,6 +4,8 @@ import datetime as dt
 import math
 import shlex
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -45,43 +47,24 @@ def _read_days(storage: TrainingStorage, days: list[dt.date]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    deps=[
-        dg.AssetDep(
-            ratings_daily,
-            partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-27, end_offset=0),
-        )
-    ],
-    group_name="ranking",
-    kinds={"pytorch", "ray"},
-)
-def ranking_model(
-    context: dg.AssetExecutionContext,
-    ray_cluster: RayClusterResource,
+# A backfill trains up to this many consecutive days in one run, on one cluster and in one Ray job.
+MAX_DAYS_PER_RUN = 14
+
+
+def _training_request(
     storage: TrainingStorage,
     ratings_source: RatingsSource,
     ranking_settings: RankingSettings,
-) -> dg.MaterializeResult:  # type: ignore[type-arg]
-    """A neural ranking model trained with Ray Train on the trailing window ending at the partition day.
-
-    Item-history features use every stored day up to the partition day, so all
-    ratings_daily partitions from the first day on must be materialized. Warm-starts
-    from the previous day's model when one exists.
-    """
-    ranking_settings.validate_settings()
-    day = partition_day(context.partition_key)
-    window_first = max(FIRST_DAY, day - dt.timedelta(days=ranking_settings.window_days - 1))
-    history_paths = _stored_days(storage, days_between(FIRST_DAY, day))
-
-    previous = (day - dt.timedelta(days=1)).isoformat()
-    warm_start = (
-        storage.uri(MODEL_FOLDER, previous, MODEL_FILE) if storage.exists(MODEL_FOLDER, previous, MODEL_FILE) else None
-    )
+    ray_cluster: RayClusterResource,
+    day: dt.date,
+    *,
+    warm_start: str | None,
+) -> TrainingRequest:
     spec = ray_cluster.cluster_spec()
-    request = TrainingRequest(
+    window_first = max(FIRST_DAY, day - dt.timedelta(days=ranking_settings.window_days - 1))
+    return TrainingRequest(
         partition=day.isoformat(),
-        history_paths=history_paths,
+        history_paths=_stored_days(storage, days_between(FIRST_DAY, day)),
         window_first_day=window_first.isoformat(),
         users_uri=ratings_source.resolved_uri("users"),
         items_uri=ratings_source.resolved_uri("items"),
@@ -99,47 +82,137 @@ def ranking_model(
         warm_start_shrink=ranking_settings.warm_start_shrink,
         column_renames=dict(ratings_source.column_renames),
     )
-    request_uri = storage.write_bytes(request.to_json().encode(), MODEL_FOLDER, day.isoformat(), REQUEST_FILE)
-    if warm_start:
-        context.log.info(
-            f"Training on {window_first}..{day} with {spec.workers} workers, warm-starting from {previous}"
+
+
+@dataclass(frozen=True)
+class _TrainedDay:
+    """The figures of one day's training result that the run's metadata shows."""
+
+    rows: int
+    epoch_losses: list[float]
+    samples_per_s: float
+    training_s: float
+    warm_started: bool
+    model_uri: str
+    checkpoint_uri: str
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> "_TrainedDay":
+        return cls(
+            rows=int(result["rows"]),
+            epoch_losses=[float(loss) for loss in result["epoch_losses"]],
+            samples_per_s=float(result["samples_per_s"]),
+            training_s=float(result["training_s"]),
+            warm_started=bool(result["warm_started"]),
+            model_uri=str(result["model_uri"]),
+            checkpoint_uri=str(result["checkpoint_uri"]),
         )
-    else:
-        context.log.warning(
-            f"Training on {window_first}..{day} from scratch: there is no model of {previous} to warm-start from"
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    deps=[
+        dg.AssetDep(
+            ratings_daily,
+            partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-27, end_offset=0),
         )
+    ],
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_DAYS_PER_RUN),
+    group_name="ranking",
+    kinds={"pytorch", "ray"},
+)
+def ranking_model(
+    context: dg.AssetExecutionContext,
+    ray_cluster: RayClusterResource,
+    storage: TrainingStorage,
+    ratings_source: RatingsSource,
+    ranking_settings: RankingSettings,
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """A neural ranking model per day, trained with Ray Train on the trailing window ending at that day.
+
+    Item-history features use every stored day up to the partition day, so all
+    ratings_daily partitions from the first day on must be materialized. Each day
+    warm-starts from the previous day's model when one exists. A run of several
+    days (a backfill, up to MAX_DAYS_PER_RUN per run) trains them in order in one
+    Ray job on one cluster, each day warm-starting from the one before.
+    """
+    ranking_settings.validate_settings()
+    days = sorted(partition_day(key) for key in context.partition_keys)
+
+    requests: list[TrainingRequest] = []
+    request_uris: list[str] = []
+    for day in days:
+        previous = (day - dt.timedelta(days=1)).isoformat()
+        trained_before = requests and requests[-1].partition == previous
+        warm_start = (
+            storage.uri(MODEL_FOLDER, previous, MODEL_FILE)
+            if trained_before or storage.exists(MODEL_FOLDER, previous, MODEL_FILE)
+            else None
+        )
+        request = _training_request(storage, ratings_source, ranking_settings, ray_cluster, day, warm_start=warm_start)
+        requests.append(request)
+        request_uris.append(
+            storage.write_bytes(request.to_json().encode(), MODEL_FOLDER, day.isoformat(), REQUEST_FILE)
+        )
+        if warm_start is None:
+            context.log.warning(
+                f"Training {day} on {request.window_first_day}..{day} from scratch: "
+                f"there is no model of {previous} to warm-start from"
+            )
+    first, last = requests[0], requests[-1]
+    context.log.info(
+        f"Training {len(days)} day(s), {first.partition}..{last.partition}, with {first.workers} workers"
+        + ("" if first.warm_start_model is None else f", warm-starting from {first.warm_start_model}")
+    )
 
     asset = context.asset_key.to_user_string()
     startup_s = ray_cluster.ensure_started(on_progress=context.log.info, asset=asset)
     outcome = ray_cluster.submit_job(
         # The job runs the cluster's own `python`: the image's on KubeRay, this environment's locally.
-        entrypoint=f"python -m training_pipelines.training.ray_job {shlex.quote(request_uri)}",
-        job_name=f"train-{day.isoformat()}",
+        entrypoint="python -m training_pipelines.training.ray_job "
+        + " ".join(shlex.quote(uri) for uri in request_uris),
+        job_name=f"train-{first.partition}" + ("" if len(days) == 1 else f"-to-{last.partition}"),
         on_log_line=context.log.info,
         asset=asset,
     )
-    result = storage.read_json(MODEL_FOLDER, day.isoformat(), RESULT_FILE)
+    trained = {
+        day.isoformat(): _TrainedDay.from_result(storage.read_json(MODEL_FOLDER, day.isoformat(), RESULT_FILE))
+        for day in days
+    }
 
-    losses = [float(loss) for loss in result["epoch_losses"]]
     metadata: dict[str, dg.RawMetadataValue] = {
-        "rows": dg.MetadataValue.int(int(result["rows"])),
-        "final_loss": dg.MetadataValue.float(losses[-1]),
-        "epoch_losses": dg.MetadataValue.json({"loss": losses}),
-        "samples_per_s": dg.MetadataValue.float(float(result["samples_per_s"])),
         "cluster_startup_s": dg.MetadataValue.float(startup_s),
         "queueing_s": dg.MetadataValue.float(outcome.queued_s),
-        "training_s": dg.MetadataValue.float(float(result["training_s"])),
         "job_s": dg.MetadataValue.float(outcome.running_s),
-        "workers": dg.MetadataValue.int(int(result["workers"])),
-        "warm_started": dg.MetadataValue.bool(bool(result["warm_started"])),
-        "checkpoint_uri": dg.MetadataValue.path(str(result["checkpoint_uri"])),
-        "model_uri": dg.MetadataValue.path(str(result["model_uri"])),
+        "workers": dg.MetadataValue.int(first.workers),
         "ray_job_id": dg.MetadataValue.text(outcome.job_id),
         # The Ray dashboard goes with the cluster; the platform's job history keeps the record.
         "job_history": dg.MetadataValue.md(f"`trainctl history --job {outcome.job_id}`"),
+        "rows": dg.MetadataValue.int(sum(result.rows for result in trained.values())),
     }
-    for epoch, loss in enumerate(losses, start=1):
-        metadata[f"loss_epoch_{epoch}"] = dg.MetadataValue.float(loss)
+    if len(days) == 1:
+        # One partition: its figures, flat, so the UI can plot them across partitions.
+        only = trained[last.partition]
+        metadata.update(
+            {
+                "final_loss": dg.MetadataValue.float(only.epoch_losses[-1]),
+                "epoch_losses": dg.MetadataValue.json({"loss": only.epoch_losses}),
+                "samples_per_s": dg.MetadataValue.float(only.samples_per_s),
+                "training_s": dg.MetadataValue.float(only.training_s),
+                "warm_started": dg.MetadataValue.bool(only.warm_started),
+                "model_uri": dg.MetadataValue.path(only.model_uri),
+                "checkpoint_uri": dg.MetadataValue.path(only.checkpoint_uri),
+            }
+        )
+        for epoch, loss in enumerate(only.epoch_losses, start=1):
+            metadata[f"loss_epoch_{epoch}"] = dg.MetadataValue.float(loss)
+    else:
+        # Dagster records one materialization per partition with this same metadata,
+        # so the figures of each day sit under the day's key.
+        metadata["partitions"] = dg.MetadataValue.text(f"{first.partition}..{last.partition}")
+        metadata["per_partition"] = dg.MetadataValue.json(
+            {day: {**asdict(result), "final_loss": result.epoch_losses[-1]} for day, result in trained.items()}
+        )
     return dg.MaterializeResult(metadata=metadata)
 
 

@@ -1,10 +1,13 @@
 """Entry point of the training job that runs on the Ray cluster.
 
-``python -m training_pipelines.training.ray_job REQUEST_URI`` reads the request,
+``python -m training_pipelines.training.ray_job REQUEST_URI...`` reads each request,
 builds the training examples from the stored daily partitions, trains with Ray
 Train's ``TorchTrainer`` (DistributedDataParallel; gloo on CPU, NCCL on GPU) reading
 its shards through Ray Data, and writes the model and a result file next to the
-request. The Dagster asset that submitted the job reads that result.
+request. Several requests train one after another in one ``TorchTrainer`` run, so a
+Dagster run that covers several partitions starts the job and the worker group once;
+a partition that warm-starts from the one before it continues from that model in
+memory. The Dagster asset that submitted the job reads the results.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 import posixpath
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -25,7 +30,7 @@ from resources.storage import TrainingStorage
 from training_pipelines.ranking.features import FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN, build_examples
 from training_pipelines.ranking.model import ModelConfig, RankingModel, model_to_bytes
 from training_pipelines.training.request import EXAMPLES_FILE, MODEL_FILE, RESULT_FILE, TrainingRequest
-from training_pipelines.training.train_loop import CHECKPOINT_FILE, train_loop_per_worker
+from training_pipelines.training.train_loop import CHECKPOINT_FILE, FROM_PREVIOUS, train_loop_per_worker
 
 
 def _read_table(uri: str, renames: dict[str, str]) -> pd.DataFrame:
@@ -41,85 +46,139 @@ def build_training_examples(request: TrainingRequest) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train one partition's ranking model on this Ray cluster.")
-    parser.add_argument("request_uri", help="URI of the request.json written by the ranking_model asset")
+    parser = argparse.ArgumentParser(
+        description="Train the ranking models of one or more partitions on this Ray cluster, in the order given."
+    )
+    parser.add_argument(
+        "request_uris",
+        nargs="+",
+        metavar="REQUEST_URI",
+        help="URI of a request.json written by the ranking_model asset",
+    )
     args = parser.parse_args(argv)
-    request = TrainingRequest.load(args.request_uri)
-
-    started = time.perf_counter()
-    examples = build_training_examples(request)
-    if examples.empty:
-        print(f"No training events in {request.window_first_day}..{request.partition}", file=sys.stderr)
-        return 2
-    output = TrainingStorage(root=request.output_dir)
-    examples_uri = output.write_parquet(examples[[*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]], EXAMPLES_FILE)
-    prepare_s = time.perf_counter() - started
-    print(f"Built {len(examples)} training examples in {prepare_s:.1f} s", flush=True)
+    # Every request is read and its examples built first, so that a bad one fails the job before training.
+    requests = [TrainingRequest.load(uri) for uri in args.request_uris]
+    prepared: list[_Prepared] = []
+    for request in requests:
+        started = time.perf_counter()
+        examples = build_training_examples(request)
+        if examples.empty:
+            print(f"No training events in {request.window_first_day}..{request.partition}", file=sys.stderr)
+            return 2
+        output = TrainingStorage(root=request.output_dir)
+        examples_uri = output.write_parquet(examples[[*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]], EXAMPLES_FILE)
+        prepare_s = time.perf_counter() - started
+        print(f"Built {len(examples)} training examples of {request.partition} in {prepare_s:.1f} s", flush=True)
+        prepared.append(
+            _Prepared(request, output, examples_uri, len(examples), int(examples[LABEL_COLUMN].sum()), prepare_s)
+        )
 
     ray.init()
     # Progress bars are terminal redraws; in the job log (and the Dagster run log) they are noise.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # Materialized once, so each epoch splits blocks already in the object store
-    # instead of starting new read tasks, which costs seconds per epoch on a small machine.
-    dataset = ray.data.read_parquet(examples_uri).materialize()
+    first = requests[0]
     model_config = ModelConfig()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "model_config": model_config.to_dict(),
-            "epochs": request.epochs,
-            "batch_size": request.batch_size,
-            "learning_rate": request.learning_rate,
-            "seed": request.seed,
-            "cpus_per_worker": request.cpus_per_worker,
-            "warm_start_model": request.warm_start_model,
-            "warm_start_shrink": request.warm_start_shrink,
+            "partitions": [_partition_config(prepared, index) for index in range(len(prepared))],
+            "batch_size": first.batch_size,
+            "learning_rate": first.learning_rate,
+            "seed": first.seed,
+            "cpus_per_worker": first.cpus_per_worker,
+            "warm_start_shrink": first.warm_start_shrink,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=request.workers,
-            use_gpu=request.use_gpu,
-            resources_per_worker={"CPU": request.cpus_per_worker},
+            num_workers=first.workers,
+            use_gpu=first.use_gpu,
+            resources_per_worker={"CPU": first.cpus_per_worker},
         ),
-        datasets={"train": dataset},
+        # Materialized once, so each epoch splits blocks already in the object store
+        # instead of starting new read tasks, which costs seconds per epoch on a small machine.
+        datasets={
+            _dataset_name(item.request): ray.data.read_parquet(item.examples_uri).materialize() for item in prepared
+        },
         run_config=ray.train.RunConfig(
-            name=f"ranking_model-{request.partition}",
-            storage_path=request.train_dir,
-            failure_config=ray.train.FailureConfig(max_failures=request.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            name=f"ranking_model-{first.partition}" + ("" if len(requests) == 1 else f"-to-{requests[-1].partition}"),
+            storage_path=first.train_dir,
+            failure_config=ray.train.FailureConfig(max_failures=first.max_failures),
+            # Every checkpoint is kept: the last one of each partition holds that partition's model.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
         ),
     )
     train_started = time.perf_counter()
     result = trainer.fit()
     training_s = time.perf_counter() - train_started
-    if result.checkpoint is None:
-        print("Training finished without a checkpoint", file=sys.stderr)
-        return 1
+
+    # The last checkpoint that each partition reported holds its model.
+    last: dict[str, tuple[ray.train.Checkpoint, dict[str, Any]]] = {}
+    for checkpoint, metrics in result.best_checkpoints or []:
+        kept = last.get(metrics["partition"])
+        if kept is None or metrics["epoch"] > kept[1]["epoch"]:
+            last[metrics["partition"]] = (checkpoint, metrics)
 
     import torch
 
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(posixpath.join(folder, CHECKPOINT_FILE), weights_only=True)
-    model = RankingModel(model_config)
-    model.load_state_dict(state["model"])
-    model_uri = output.write_bytes(model_to_bytes(model, model_config), MODEL_FILE)
-
-    metrics = result.metrics or {}
-    summary = {
-        "partition": request.partition,
-        "rows": len(examples),
-        "positives": int(examples[LABEL_COLUMN].sum()),
-        "epoch_losses": metrics.get("epoch_losses", []),
-        "samples_per_s": metrics.get("samples_per_s"),
-        "prepare_s": prepare_s,
-        "training_s": training_s,
-        "workers": request.workers,
-        "checkpoint_uri": _with_scheme(result.checkpoint.path, request.train_dir),
-        "model_uri": model_uri,
-        "warm_started": bool(request.warm_start_model),
-    }
-    output.write_json(summary, RESULT_FILE)
-    print(f"Wrote the model to {model_uri}", flush=True)
+    for item in prepared:
+        request = item.request
+        if request.partition not in last:
+            print(f"Training of {request.partition} finished without a checkpoint", file=sys.stderr)
+            return 1
+        checkpoint, metrics = last[request.partition]
+        with checkpoint.as_directory() as folder:
+            state = torch.load(posixpath.join(folder, CHECKPOINT_FILE), weights_only=True)
+        model = RankingModel(model_config)
+        model.load_state_dict(state["model"])
+        model_uri = item.output.write_bytes(model_to_bytes(model, model_config), MODEL_FILE)
+        summary = {
+            "partition": request.partition,
+            "rows": item.rows,
+            "positives": item.positives,
+            "epoch_losses": metrics["epoch_losses"],
+            "samples_per_s": metrics["samples_per_s"],
+            "prepare_s": item.prepare_s,
+            "training_s": metrics["training_s"],
+            "job_training_s": training_s,
+            "workers": request.workers,
+            "checkpoint_uri": _with_scheme(checkpoint.path, request.train_dir),
+            "model_uri": model_uri,
+            "warm_started": bool(request.warm_start_model),
+        }
+        item.output.write_json(summary, RESULT_FILE)
+        print(f"Wrote the model of {request.partition} to {model_uri}", flush=True)
     return 0
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A request with its training examples written next to its output."""
+
+    request: TrainingRequest
+    output: TrainingStorage
+    examples_uri: str
+    rows: int
+    positives: int
+    prepare_s: float
+
+
+def _dataset_name(request: TrainingRequest) -> str:
+    return f"train-{request.partition}"
+
+
+def _partition_config(prepared: list[_Prepared], index: int) -> dict[str, Any]:
+    """Describe one partition for the training loop: its dataset, its epochs and where it warm-starts from."""
+    request = prepared[index].request
+    warm_start = request.warm_start_model
+    if index > 0 and warm_start == prepared[index - 1].output.uri(MODEL_FILE):
+        # The model of the partition before is not written until the whole job ends; the loop keeps it in memory.
+        warm_start = FROM_PREVIOUS
+    return {
+        "partition": request.partition,
+        "dataset": _dataset_name(request),
+        "epochs": request.epochs,
+        "warm_start": warm_start,
+    }
 
 
 def _with_scheme(path: str, like: str) -> str:

@@ -102,42 +102,108 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return [float(value) for value in tensor.cpu()]
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train the ranking model on this worker's shard of the ``train`` dataset.
+# A partition's ``warm_start`` that means: continue from the model of the partition before it in this run.
+FROM_PREVIOUS = "previous"
 
-    Resumes from Ray Train's latest checkpoint when a worker group restarts, and
-    otherwise warm-starts from ``config["warm_start_model"]`` when it is set. Reports
-    the mean loss over all workers and the samples per second after each epoch.
+
+def _new_model(config: dict[str, Any], warm_start: str | None, previous_state: dict[str, Any] | None) -> RankingModel:
+    model = RankingModel(ModelConfig.from_dict(config["model_config"]))
+    shrink = float(config.get("warm_start_shrink", 1.0))
+    if warm_start == FROM_PREVIOUS:
+        if previous_state is None:
+            raise RuntimeError("a partition warm-starts from the one before it, but none was trained before it")
+        model.load_state_dict(previous_state)
+        shrink_corrections(model, shrink)
+    elif warm_start:
+        _warm_start(model, warm_start, shrink)
+    return model
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train the ranking model of each partition in ``config["partitions"]``, in order, on this worker's shards.
+
+    Each partition names its dataset, its epochs and where it warm-starts from: nothing,
+    a model file, or :data:`FROM_PREVIOUS` for the model the partition before it ends
+    with, kept in memory. Every partition starts with a new optimizer, as a run of its
+    own would. Resumes from Ray Train's latest checkpoint when a worker group restarts.
+    After each epoch reports the partition, the mean loss over all workers and the
+    samples per second, with a checkpoint of the model.
     """
     torch.set_num_threads(int(config["cpus_per_worker"]))
-    torch.manual_seed(int(config["seed"]))
     context = ray.train.get_context()
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
+    partitions: list[dict[str, Any]] = config["partitions"]
+    learning_rate = float(config["learning_rate"])
 
-    model = RankingModel(ModelConfig.from_dict(config["model_config"]))
-    optimizer = make_optimizer(model, learning_rate=float(config["learning_rate"]))
-    start_epoch = 0
-    epoch_losses: list[float] = []
-
+    first_index, first_epoch = 0, 0
+    resumed: dict[str, Any] | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"]) + 1
-        epoch_losses = [float(loss) for loss in state["epoch_losses"]]
+            resumed = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=True)
+        first_index, first_epoch = int(resumed["partition_index"]), int(resumed["epoch"]) + 1
         if rank == 0:
-            logger.info("Resuming from the checkpoint of epoch %d", start_epoch)
-    elif config.get("warm_start_model"):
-        _warm_start(model, config["warm_start_model"], float(config.get("warm_start_shrink", 1.0)))
+            logger.info(
+                "Resuming %s from the checkpoint of epoch %d", partitions[first_index]["partition"], first_epoch
+            )
 
-    model = ray.train.torch.prepare_model(model)
-    shard = ray.train.get_dataset_shard("train")
+    previous_state: dict[str, Any] | None = None
+    for index in range(first_index, len(partitions)):
+        partition = partitions[index]
+        epochs = int(partition["epochs"])
+        torch.manual_seed(int(config["seed"]))
+        epoch_losses: list[float] = []
+        training_s = 0.0
+        if resumed is not None and first_epoch >= epochs:
+            # The checkpoint holds the end of this partition: the next one starts from it.
+            previous_state, resumed = resumed["model"], None
+            continue
+        start_epoch = 0
+        if resumed is None:
+            model = _new_model(config, partition.get("warm_start"), previous_state)
+            optimizer = make_optimizer(model, learning_rate=learning_rate)
+        else:
+            model = RankingModel(ModelConfig.from_dict(config["model_config"]))
+            model.load_state_dict(resumed["model"])
+            optimizer = make_optimizer(model, learning_rate=learning_rate)
+            optimizer.load_state_dict(resumed["optimizer"])
+            epoch_losses = [float(loss) for loss in resumed["epoch_losses"]]
+            training_s = float(resumed["training_s"])
+            start_epoch, resumed = first_epoch, None
+        previous_state = _train_partition(
+            config,
+            model=ray.train.torch.prepare_model(model),
+            optimizer=optimizer,
+            partition=partition,
+            index=index,
+            start_epoch=start_epoch,
+            epoch_losses=epoch_losses,
+            training_s=training_s,
+            device=device,
+        )
+
+
+def _train_partition(
+    config: dict[str, Any],
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    partition: dict[str, Any],
+    index: int,
+    start_epoch: int,
+    epoch_losses: list[float],
+    training_s: float,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Train one partition's epochs from ``start_epoch`` and return the model's final state."""
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    shard = ray.train.get_dataset_shard(partition["dataset"])
     batch_size = int(config["batch_size"])
     cache = _ShardCache(max_bytes=int(config.get("shard_cache_bytes", SHARD_CACHE_BYTES)))
-    epochs = int(config["epochs"])
+    epochs = int(partition["epochs"])
+    unwrapped = model.module if hasattr(model, "module") else model
 
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -157,32 +223,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         mean_loss = total_loss / total_samples if total_samples else float("nan")
         samples_per_s = total_samples / max(slowest / context.get_world_size(), 1e-9)
         epoch_losses.append(mean_loss)
+        training_s += slowest
         metrics = {
+            "partition": partition["partition"],
+            "partition_index": index,
             "epoch": epoch + 1,
             "loss": mean_loss,
             "epoch_losses": list(epoch_losses),
             "samples": int(total_samples),
             "samples_per_s": samples_per_s,
+            "training_s": training_s,
         }
 
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
-                unwrapped = model.module if hasattr(model, "module") else model
                 state = {
                     "model": unwrapped.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "partition_index": index,
                     "epoch": epoch,
                     "epoch_losses": epoch_losses,
+                    "training_s": training_s,
                 }
                 torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
                 saved = ray.train.Checkpoint.from_directory(folder)
                 logger.info(
-                    "Epoch %d/%d: loss %.4f, %d samples, %.0f samples/s",
+                    "Epoch %d/%d%s: loss %.4f, %d samples, %.0f samples/s",
                     epoch + 1,
                     epochs,
+                    f" of {partition['partition']}" if partition["partition"] else "",
                     mean_loss,
                     int(total_samples),
                     samples_per_s,
                 )
             ray.train.report(metrics, checkpoint=saved)
+    return {name: tensor.detach().clone() for name, tensor in unwrapped.state_dict().items()}
