@@ -102,6 +102,12 @@ def test_next_day_warm_starts_and_a_range_shares_one_job(storage_root: Path, no_
     assert any(f"Epoch 1/1 of {days[-1]}" in message for message in logs)
     assert sum(message.startswith("Starting Ray head of") for message in logs) == 1
 
+    # A new run of a trained day trains again rather than resuming the earlier run's finished training.
+    rerun = dg.materialize([ranking_model], partition_key="1997-10-20", instance=instance, resources=resources)
+    rerun_logs = [entry.user_message for entry in instance.all_logs(rerun.run_id)]
+    assert any("Epoch 2/2 of 1997-10-20" in message for message in rerun_logs)
+    assert not any("Resuming" in message for message in rerun_logs)
+
 
 def test_ratings_only_run_starts_no_cluster(storage_root: Path, no_leaked_ray_processes: None) -> None:
     before = set(ray_processes())

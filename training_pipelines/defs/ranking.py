@@ -59,6 +59,7 @@ def _training_request(
     day: dt.date,
     *,
     warm_start: str | None,
+    run_id: str,
 ) -> TrainingRequest:
     spec = ray_cluster.cluster_spec()
     window_first = max(FIRST_DAY, day - dt.timedelta(days=ranking_settings.window_days - 1))
@@ -69,7 +70,10 @@ def _training_request(
         users_uri=ratings_source.resolved_uri("users"),
         items_uri=ratings_source.resolved_uri("items"),
         output_dir=storage.uri(MODEL_FOLDER, day.isoformat()),
-        train_dir=storage.uri("ray_train"),
+        # Ray Train resumes from any checkpoint it finds under its run's folder. One folder per
+        # Dagster run lets a retried step resume, and keeps a new run of the day from taking
+        # an earlier run's last checkpoint for its own finished training.
+        train_dir=storage.uri("ray_train", run_id),
         workers=spec.workers,
         cpus_per_worker=spec.cpus_per_worker,
         use_gpu=ray_cluster.use_gpu,
@@ -149,7 +153,9 @@ def ranking_model(
             if trained_before or storage.exists(MODEL_FOLDER, previous, MODEL_FILE)
             else None
         )
-        request = _training_request(storage, ratings_source, ranking_settings, ray_cluster, day, warm_start=warm_start)
+        request = _training_request(
+            storage, ratings_source, ranking_settings, ray_cluster, day, warm_start=warm_start, run_id=context.run_id
+        )
         requests.append(request)
         request_uris.append(
             storage.write_bytes(request.to_json().encode(), MODEL_FOLDER, day.isoformat(), REQUEST_FILE)
