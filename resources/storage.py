@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 import uuid
 from typing import Any
@@ -69,7 +70,10 @@ class TrainingStorage(ConfigurableResource):  # type: ignore[type-arg]
                 try:
                     with fs.open(temporary, "wb") as handle:
                         handle.write(data)
-                    fs.mv(temporary, path)
+                    # os.replace renames in one step or raises. fs.mv (shutil.move) copies into
+                    # the final name when the rename fails, so readers could see a partial file
+                    # and a full disk would leave the previous file truncated.
+                    os.replace(temporary, path)
                 finally:
                     if fs.exists(temporary):
                         fs.rm(temporary)
@@ -78,7 +82,7 @@ class TrainingStorage(ConfigurableResource):  # type: ignore[type-arg]
                     handle.write(data)
         except OSError as err:
             raise StorageError(
-                f"Writing {self.uri(*parts)} failed: {err}. Check that the storage root is writable."
+                f"Writing {self.uri(*parts)} failed: {err}. Check that the storage root is writable and has free space."
             ) from err
         return self.uri(*parts)
 

@@ -18,7 +18,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from resources.errors import ClusterStartError, PlatformError
-from resources.kuberay.retry import call_with_retries, is_transient
+from resources.kuberay.retry import call_with_retries, describe_error, is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +212,12 @@ class RayClusterClient:
     def _retry(self, call: Callable[[], Any], description: str, deadline: float | None = None) -> Any:
         return call_with_retries(call, description=description, deadline=deadline, clock=self._clock, sleep=self._sleep)
 
-    def get(self, name: str) -> dict[str, Any] | None:
-        """Read a RayCluster; ``None`` when it does not exist."""
+    def get(self, name: str, *, deadline: float | None = None) -> dict[str, Any] | None:
+        """Read a RayCluster; ``None`` when it does not exist.
+
+        ``deadline``, a value of the client's clock, stops the retries of transient errors
+        before a retry delay would pass it.
+        """
         try:
             return dict(
                 self._retry(
@@ -221,6 +225,7 @@ class RayClusterClient:
                         GROUP, VERSION, self.namespace, PLURAL, name, _request_timeout=API_TIMEOUT_S
                     ),
                     f"get raycluster {self.namespace}/{name}",
+                    deadline,
                 )
             )
         except ApiException as error:
@@ -290,9 +295,12 @@ class RayClusterClient:
         cluster's state, its true conditions and ready workers, and from the pods how many
         are scheduled, on how many the images are pulled, and whether the head pod is ready.
 
+        Transient API errors are retried within the same ``timeout_s``.
+
         Raises:
             ClusterStartError: with the pod's reason (and the head's last log lines when
-                it crashes), or a timeout as the last resort.
+                it crashes), when the API kept failing until its retries or the timeout ran
+                out, or a timeout as the last resort.
         """
         progress = on_progress or (lambda message: logger.info("%s", message))
         deadline = self._clock() + timeout_s
@@ -300,11 +308,10 @@ class RayClusterClient:
         resource_version: str | None = None
 
         while True:
-            cluster = self.get(name)
+            cluster, pods = self._read_cluster_and_pods(name, deadline=deadline, timeout_s=timeout_s)
             if cluster is None:
                 raise ClusterStartError(f"{self.namespace}/{name}", "the RayCluster was deleted while starting")
             resource_version = (cluster.get("metadata") or {}).get("resourceVersion", resource_version)
-            pods = self._list_pods(name)
             self._report_state(cluster, reported, progress)
             self._report_pods(cluster, pods, reported, progress)
 
@@ -330,6 +337,28 @@ class RayClusterClient:
                 )
             self._wait_for_change(name, resource_version, min(remaining, WATCH_WINDOW_S))
 
+    def _read_cluster_and_pods(
+        self, name: str, *, deadline: float, timeout_s: float
+    ) -> tuple[dict[str, Any] | None, list[client.V1Pod]]:
+        """Read the RayCluster and, when it exists, its pods, retrying transient errors no later than ``deadline``.
+
+        Raises:
+            ClusterStartError: a transient error outlasted the retries or the wait's deadline.
+        """
+        try:
+            cluster = self.get(name, deadline=deadline)
+            pods = [] if cluster is None else self._list_pods(name, deadline=deadline)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            raise ClusterStartError(
+                f"{self.namespace}/{name}",
+                f"the Kubernetes API kept failing while waiting up to {timeout_s:.0f} s for the cluster "
+                f"(last error: {describe_error(error)}). Check that the API server is reachable and not "
+                "overloaded, then run again",
+            ) from error
+        return cluster, pods
+
     def _report_state(self, cluster: Mapping[str, Any], reported: set[str], progress: Callable[[str], None]) -> None:
         status = cluster.get("status") or {}
         facts = [f"state {status['state']}"] if status.get("state") else []
@@ -353,13 +382,14 @@ class RayClusterClient:
         expected = 1 + int(desired_workers) if isinstance(desired_workers, int) else 0
         _report_new(cluster["metadata"]["name"], pod_progress(pods, expected_pods=expected), reported, progress)
 
-    def _list_pods(self, name: str) -> list[client.V1Pod]:
+    def _list_pods(self, name: str, *, deadline: float | None = None) -> list[client.V1Pod]:
         return list(
             self._retry(
                 lambda: self._core.list_namespaced_pod(
                     self.namespace, label_selector=f"{CLUSTER_LABEL}={name}", _request_timeout=API_TIMEOUT_S
                 ),
                 f"list pods of raycluster {self.namespace}/{name}",
+                deadline,
             ).items
         )
 

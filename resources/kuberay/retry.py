@@ -85,7 +85,7 @@ def call_with_retries(
             logger.warning(
                 "%s failed (%s), attempt %d of %d; retrying in %.1f s",
                 description,
-                _describe(error),
+                describe_error(error),
                 attempt,
                 max_attempts,
                 delay,
@@ -94,7 +94,8 @@ def call_with_retries(
             attempt += 1
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """Describe a failed API call in a few words: the HTTP status and reason, or the exception type and message."""
     if isinstance(error, ApiException):
         return f"HTTP {error.status} {error.reason}"
     return f"{type(error).__name__}: {error}"

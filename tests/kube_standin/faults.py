@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.kube_standin.routing import Route
@@ -15,6 +16,15 @@ class Fault:
     With `status`, the server responds with that status and a `Status` body (and `Retry-After` when
     `retry_after_s` is set). With `drop_connection`, it resets the connection without a response.
     With neither, the request is served normally after `delay_s`.
+
+    Two faults act after the request is served, so its change is applied although the client may
+    never learn of it. With `drop_after_serving`, the server resets the connection in place of the
+    response. With `response_delay_s`, it delays the response by that long, which is a slow response
+    once the delay passes the client's timeout.
+
+    `before_serving`, when set, is called as the fault is taken, before the fault acts or the request
+    is served. A test uses it for a change that another client makes at that moment, such as
+    deleting the object the request names.
     """
 
     verb: str | None = None
@@ -28,6 +38,9 @@ class Fault:
     retry_after_s: int | None = None
     delay_s: float = 0.0
     drop_connection: bool = False
+    drop_after_serving: bool = False
+    response_delay_s: float = 0.0
+    before_serving: Callable[[], object] | None = None
     times: int = 1
     # Requests this fault has been applied to.
     hits: int = field(default=0, init=False)
@@ -37,6 +50,20 @@ class Fault:
             raise ValueError(f"Fault.times must be at least 1, got {self.times}")
         if self.status is not None and self.drop_connection:
             raise ValueError("a Fault either responds with `status` or drops the connection, not both")
+        if self.response_delay_s < 0:
+            raise ValueError(f"Fault.response_delay_s must not be negative, got {self.response_delay_s}")
+        if (self.drop_after_serving or self.response_delay_s > 0) and (self.status is not None or self.drop_connection):
+            raise ValueError(
+                "`drop_after_serving` and `response_delay_s` act on a served request, so they cannot go with "
+                "`status` or `drop_connection`, which replace serving it"
+            )
+        if self.drop_after_serving and self.response_delay_s > 0:
+            raise ValueError("a Fault either drops the served response or delays it, not both")
+
+    @property
+    def acts_after_serving(self) -> bool:
+        """Tell whether the fault changes how the response of a served request is sent."""
+        return self.drop_after_serving or self.response_delay_s > 0
 
     @property
     def exhausted(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import io
 import json
 import logging
 import socket
@@ -139,6 +140,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._content_type = self._media_type(self.headers.get("Content-Type"))
         self._route: Route | None = None
         self._recorded = False
+        # A fault that acts on the response once the request has been served.
+        self._response_fault: Fault | None = None
         self._body: Any = None
         raw_body = self._read_body()
 
@@ -175,12 +178,17 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is None:
             return False
         logger.info("applying injected fault %r to %s %s", fault, self.command, self.path)
+        if fault.before_serving is not None:
+            fault.before_serving()
         if fault.delay_s > 0 and standin._stopping.wait(fault.delay_s):
             self._drop_connection()
             return True
         if fault.drop_connection:
             self._drop_connection()
             return True
+        if fault.acts_after_serving:
+            self._response_fault = fault
+            return False
         if fault.status is None:
             return False
         headers = {"Retry-After": str(fault.retry_after_s)} if fault.retry_after_s is not None else {}
@@ -409,7 +417,19 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _begin_response(self, status: int, headers: Mapping[str, str]) -> None:
+        fault = self._response_fault
+        if fault is not None and fault.drop_after_serving:
+            # The request was served and its change applied, but the client gets a reset instead of the response.
+            self._drop_connection()
+            self._discard_response()
+            return
         self._record(status)
+        if fault is not None and fault.response_delay_s > 0:
+            # Recorded before the delay, so the request log keeps the order in which requests were served.
+            if self.server.standin._stopping.wait(fault.response_delay_s):
+                self._drop_connection()
+                self._discard_response()
+                return
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -441,6 +461,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.connection.close()
+
+    def _discard_response(self) -> None:
+        """Send the rest of this response nowhere, because its connection is closed."""
+        self.wfile = io.BytesIO()
 
 
 def _item_key(item: Mapping[str, Any]) -> tuple[str, str]:
@@ -608,6 +632,9 @@ class KubeStandin:
         retry_after_s: int | None = None,
         delay_s: float = 0.0,
         drop_connection: bool = False,
+        drop_after_serving: bool = False,
+        response_delay_s: float = 0.0,
+        before_serving: Callable[[], object] | None = None,
         times: int = 1,
     ) -> Fault:
         """Queue a fault for the next `times` matching requests; see Fault for the fields."""
@@ -624,6 +651,9 @@ class KubeStandin:
                 retry_after_s=retry_after_s,
                 delay_s=delay_s,
                 drop_connection=drop_connection,
+                drop_after_serving=drop_after_serving,
+                response_delay_s=response_delay_s,
+                before_serving=before_serving,
                 times=times,
             )
         )

@@ -175,3 +175,109 @@ def test_concurrent_creates_get_unique_versions(kube: KubeStandin) -> None:
         worker.join()
 
     assert sorted(int(version) for version in versions) == list(range(1, 41))
+
+
+def test_drop_after_serving_applies_create(api: kubernetes.client.CustomObjectsApi, kube: KubeStandin) -> None:
+    fault = kube.inject_fault(verb="create", plural=PLURAL, drop_after_serving=True)
+
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        create(api, "train-1")
+
+    assert fault.exhausted
+    assert [call.status for call in kube.calls(verb="create")] == [None]
+    assert [item["metadata"]["name"] for item in kube.store.objects(PLURAL)] == ["train-1"]
+
+
+def test_drop_after_serving_applies_delete(api: kubernetes.client.CustomObjectsApi, kube: KubeStandin) -> None:
+    create(api, "train-1")
+    kube.inject_fault(verb="delete", plural=PLURAL, drop_after_serving=True)
+
+    # urllib3 retries a DELETE after a reset, and the object is gone by then.
+    with pytest.raises(kubernetes.client.ApiException) as caught:
+        api.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "train-1")
+
+    assert caught.value.status == 404
+    assert kube.store.objects(PLURAL) == []
+    assert [call.status for call in kube.calls(verb="delete")] == [None, 404]
+
+
+def test_drop_after_serving_keeps_connection_usable(api: kubernetes.client.CustomObjectsApi, kube: KubeStandin) -> None:
+    kube.inject_fault(verb="create", plural=PLURAL, drop_after_serving=True)
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        create(api, "train-1")
+
+    fetched = api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "train-1")
+
+    assert fetched["metadata"]["name"] == "train-1"
+    assert kube.calls(verb="get")[0].status == 200
+
+
+def test_response_delay_past_timeout_applies_create(api: kubernetes.client.CustomObjectsApi, kube: KubeStandin) -> None:
+    kube.inject_fault(verb="create", plural=PLURAL, response_delay_s=2.0)
+    started = time.monotonic()
+
+    with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+        api.create_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, PLURAL, raycluster("train-1"), _request_timeout=0.2
+        )
+
+    # The client gave up at its timeout, and the object and the log entry exist already then.
+    assert time.monotonic() - started < 1.0
+    assert [item["metadata"]["name"] for item in kube.store.objects(PLURAL)] == ["train-1"]
+    assert [call.status for call in kube.calls(verb="create")] == [201]
+
+
+def test_response_delay_within_timeout_returns(api: kubernetes.client.CustomObjectsApi, kube: KubeStandin) -> None:
+    create(api, "train-1")
+    kube.inject_fault(verb="get", plural=PLURAL, response_delay_s=0.2)
+    started = time.monotonic()
+
+    fetched = api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "train-1")
+
+    assert time.monotonic() - started >= 0.2
+    assert fetched["metadata"]["name"] == "train-1"
+
+
+def test_stop_ends_delayed_response() -> None:
+    with KubeStandin() as kube:
+        api = kubernetes.client.CustomObjectsApi(kube.api_client())
+        kube.inject_fault(verb="create", plural=PLURAL, response_delay_s=60.0)
+        with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+            api.create_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, PLURAL, raycluster("train-1"), _request_timeout=0.1
+            )
+        started = time.monotonic()
+
+    assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"status": 503, "drop_after_serving": True},
+        {"drop_connection": True, "response_delay_s": 1.0},
+        {"drop_after_serving": True, "response_delay_s": 1.0},
+        {"response_delay_s": -1.0},
+    ],
+    ids=["status and drop after serving", "drop and response delay", "both after serving", "negative delay"],
+)
+def test_fault_rejects_conflicting_settings(kube: KubeStandin, settings: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        kube.inject_fault(verb="create", **settings)
+
+
+def test_before_serving_runs_before_request(api: kubernetes.client.CustomObjectsApi, kube: KubeStandin) -> None:
+    create(api, "train-1")
+    # Another client deletes the object just before this client's delete is served.
+    kube.inject_fault(
+        verb="delete",
+        plural=PLURAL,
+        name="train-1",
+        before_serving=lambda: kube.store.delete(PLURAL, NAMESPACE, "train-1"),
+    )
+
+    with pytest.raises(kubernetes.client.ApiException) as caught:
+        api.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "train-1")
+
+    assert caught.value.status == 404
+    assert [call.status for call in kube.calls(verb="delete")] == [404]

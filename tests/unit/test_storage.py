@@ -8,7 +8,6 @@ from pathlib import Path
 import fsspec
 import pandas as pd
 import pytest
-from fsspec.implementations.local import LocalFileSystem
 
 from resources.errors import StorageError
 from resources.storage import TrainingStorage
@@ -18,7 +17,7 @@ def make_frame() -> pd.DataFrame:
     return pd.DataFrame({"user_id": [1, 2, 3], "rating": [4.0, 2.5, 5.0], "name": ["a", "b", "c"]})
 
 
-def fail_move(self: LocalFileSystem, source: str, destination: str, **kwargs: object) -> None:
+def fail_replace(source: str, destination: str, **kwargs: object) -> None:
     raise OSError(28, "No space left on device")
 
 
@@ -127,7 +126,7 @@ def test_read_missing_file_raises(storage: TrainingStorage) -> None:
 
 
 def test_failed_move_leaves_no_file(storage: TrainingStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(LocalFileSystem, "mv", fail_move)
+    monkeypatch.setattr(os, "replace", fail_replace)
 
     with pytest.raises(StorageError) as caught:
         storage.write_bytes(b"payload", "folder", "file.bin")
@@ -143,7 +142,7 @@ def test_failed_move_keeps_previous_file(
     storage: TrainingStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage.write_bytes(b"old", "file.bin")
-    monkeypatch.setattr(LocalFileSystem, "mv", fail_move)
+    monkeypatch.setattr(os, "replace", fail_replace)
 
     with pytest.raises(StorageError):
         storage.write_bytes(b"new", "file.bin")
@@ -155,7 +154,7 @@ def test_failed_move_keeps_previous_file(
 def test_failed_parquet_write_raises_storage_error(
     storage: TrainingStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(LocalFileSystem, "mv", fail_move)
+    monkeypatch.setattr(os, "replace", fail_replace)
 
     with pytest.raises(StorageError):
         storage.write_parquet(make_frame(), "day.parquet")
