@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from resources.history import HistoryError, JobHistory, JobRecord, state_dir
 from resources.jobs import JOB_TIMEOUT_S, JobOutcome, run_job
 from resources.kuberay.backend import KubeRayCluster, KubeRayClusterInfo, kubernetes_api_client
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
+from resources.kuberay.naming import check_label_value
 from resources.kuberay.policy import Policy, load_policy
 from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster
 from resources.local_registry import LocalRegistry, record_of
@@ -50,7 +52,8 @@ CLUSTER_VARIABLES = {
     "DAGSTER_UI_URL": ("dagster_url", str),
     "RAY_MAX_CLUSTER_AGE_HOURS": ("max_cluster_age_hours", float),
     "KUBERAY_PORT_FORWARD": ("port_forward", bool),
-    "TRAINING_HISTORY_URL": ("history_url", str),
+    # TRAINING_HISTORY_URL is read when the history opens, not copied into the resource's
+    # config: the config shows in the Dagster UI, and the URL may hold a password.
 }
 
 
@@ -186,7 +189,9 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         return resource
 
     def cluster_spec(self, *, check_machine: bool = True) -> ClusterSpec:
-        """Build and validate the spec, against this machine's memory and GPUs when ``check_machine``.
+        """Build and validate the spec and the team, against this machine's resources when ``check_machine``.
+
+        The machine's resources are its memory, CPUs and GPUs, and count only on the local backend.
 
         Raises:
             InvalidRequestError: naming the invalid field and how to fix it.
@@ -200,9 +205,16 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             head_cpus=self.head_cpus,
         )
         if check_machine and self.backend == "local":
-            spec.validate(available_memory=psutil.virtual_memory().total, available_gpus=local_gpu_count())
+            spec.validate(
+                available_memory=psutil.virtual_memory().total,
+                available_gpus=local_gpu_count(),
+                available_cpus=psutil.cpu_count(),
+            )
         else:
             spec.validate()
+        # A person types the team, so a value that is no valid label is an error rather than
+        # being rewritten with a hash the way label values from Dagster are.
+        check_label_value(self.team, field="team")
         return spec
 
     def cluster_request(self) -> ClusterRequest:
@@ -233,11 +245,16 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
     def _ttl_minutes(self) -> int:
         # A run's cluster lives as long as its run, and at most max_cluster_age_hours: past
         # that the orphan sensor deletes it even while the run goes on.
-        minutes = round(self.max_cluster_age_hours * 60)
-        try:
-            return self.policy().ttl_minutes(minutes if minutes >= 1 else 0)
-        except InvalidRequestError as err:
-            raise InvalidRequestError("max_cluster_age_hours", err.problem, err.fix) from err
+        hours = self.max_cluster_age_hours
+        policy = self.policy()
+        minutes = round(hours * 60) if math.isfinite(hours * 60) else 0
+        if not 1 <= minutes <= policy.max_ttl_hours * 60:
+            raise InvalidRequestError(
+                "max_cluster_age_hours",
+                f"{hours!r} hours is outside 1 minute to the policy's maximum of {policy.max_ttl_hours} hours",
+                f"Set it to more than 0 and at most {policy.max_ttl_hours} hours.",
+            )
+        return policy.ttl_minutes(minutes)
 
     def run_context(self, *, asset: str | None = None) -> RunContext:
         """Describe where a RayCluster of this run comes from, for its labels, annotations and owner."""

@@ -9,6 +9,10 @@ from resources.errors import InvalidRequestError
 
 # Ray rejects an object store below 75 MiB (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES).
 MIN_OBJECT_STORE_BYTES = 75 * 1024**2
+# Ray 2.60 accepts any `memory` value for a node, but reserves at least 500 MiB for its own
+# processes when resource isolation is on (ray_constants.DEFAULT_MIN_SYSTEM_RESERVED_MEMORY_BYTES),
+# so a smaller node leaves nothing for tasks. This is the smallest node the platform starts.
+MIN_NODE_MEMORY_BYTES = 512 * 1024**2
 MAX_WORKERS = 256
 
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]i?)?\s*[Bb]?\s*$")
@@ -104,6 +108,18 @@ def format_duration(seconds: float) -> str:
     return f"{sign}{days}d{hours:02d}h"
 
 
+def check_node_memory(size: int, *, field: str) -> None:
+    """Raise ``InvalidRequestError`` naming ``field`` when ``size`` bytes are too little memory for a Ray node."""
+    if size < MIN_NODE_MEMORY_BYTES:
+        minimum = format_memory(MIN_NODE_MEMORY_BYTES)
+        size_text = f"{size} bytes" if size < 1024 else f"{format_size(size)} ({size} bytes)"
+        raise InvalidRequestError(
+            field,
+            f"{size_text} is below the minimum of {minimum} for a Ray node",
+            f"Use at least '{minimum}'. A number without a unit is bytes: write '2Gi' for 2 GiB.",
+        )
+
+
 def format_memory(size: int) -> str:
     """Format a byte count with the largest binary unit that divides it, such as ``2Gi``."""
     for unit in ("Ti", "Gi", "Mi", "Ki"):
@@ -138,7 +154,13 @@ class ClusterSpec:
         """Memory the cluster requests in bytes: workers plus one object store per node."""
         return self.workers * (self.memory_per_worker + self.object_store_memory) + self.object_store_memory
 
-    def validate(self, *, available_memory: int | None = None, available_gpus: int | None = None) -> None:
+    def validate(
+        self,
+        *,
+        available_memory: int | None = None,
+        available_gpus: int | None = None,
+        available_cpus: int | None = None,
+    ) -> None:
         """Check every field; ``available_*`` are the host's limits, or ``None`` to skip that check.
 
         Raises:
@@ -150,7 +172,9 @@ class ClusterSpec:
             )
         if self.workers > MAX_WORKERS:
             raise InvalidRequestError(
-                "workers", f"{self.workers} is above the maximum of {MAX_WORKERS}", "Ask for fewer workers."
+                "workers",
+                f"{self.workers} is above the maximum of {MAX_WORKERS}",
+                f"Ask for at most {MAX_WORKERS} workers.",
             )
         if not _is_count(self.cpus_per_worker) or self.cpus_per_worker < 1:
             raise InvalidRequestError(
@@ -172,6 +196,7 @@ class ClusterSpec:
                 f"must be positive, got {self.memory_per_worker} bytes",
                 "Use a size such as '2Gi'.",
             )
+        check_node_memory(self.memory_per_worker, field="memory_per_worker")
         if self.object_store_memory < MIN_OBJECT_STORE_BYTES:
             raise InvalidRequestError(
                 "object_store_memory",
@@ -187,6 +212,8 @@ class ClusterSpec:
                 f"{available_memory / 1024**3:.1f} GiB",
                 "Lower workers, memory_per_worker or object_store_memory.",
             )
+        if available_cpus is not None:
+            self._check_cpus(available_cpus)
         if available_gpus is not None and self.workers * self.gpus_per_worker > available_gpus:
             raise InvalidRequestError(
                 "gpus_per_worker",
@@ -194,3 +221,14 @@ class ClusterSpec:
                 f"{self.workers * self.gpus_per_worker} GPUs but this machine has {available_gpus}",
                 "Set gpus_per_worker to 0, or run on a backend with GPUs.",
             )
+
+    def _check_cpus(self, available_cpus: int) -> None:
+        # Ray's CPU counts are logical, so the workers together may ask for more CPUs than the
+        # machine has. One node asking for more than the whole machine is a typo.
+        for field, cpus in (("cpus_per_worker", self.cpus_per_worker), ("head_cpus", self.head_cpus)):
+            if cpus > available_cpus:
+                raise InvalidRequestError(
+                    field,
+                    f"{cpus} CPUs for one node is more than this machine's {available_cpus} CPUs",
+                    f"Ask for at most {available_cpus}, or run on the kuberay backend.",
+                )

@@ -330,7 +330,11 @@ class LocalClusters:
                     "the local backend runs Ray from this environment on this machine's own GPUs",
                     "Leave it out, or use --backend kuberay.",
                 )
-        self._spec(request).validate(available_memory=psutil.virtual_memory().total, available_gpus=local_gpu_count())
+        self._spec(request).validate(
+            available_memory=psutil.virtual_memory().total,
+            available_gpus=local_gpu_count(),
+            available_cpus=psutil.cpu_count(),
+        )
         self.settings.policy().ttl_minutes(request.ttl_minutes)
         if self.registry.get(request.name) is not None or (self.registry.root / f"{request.name}.starting").exists():
             raise InvalidRequestError(

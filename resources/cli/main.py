@@ -44,6 +44,7 @@ from resources.jobs import JOB_POLL_INTERVAL_S, run_job
 from resources.kuberay.inventory import ClusterSummary
 from resources.kuberay.lifecycle import ClusterConflictError
 from resources.kuberay.manifest import manifest_to_yaml
+from resources.kuberay.naming import check_label_value
 from resources.recorder import HistoryRecorder, open_history
 from resources.spec import format_duration, format_size, parse_duration_minutes, parse_memory
 
@@ -80,6 +81,9 @@ _OPTION_OF_FIELD = {
     "team": "--team",
     "ttl": "--ttl",
     "name": "--name",
+    "namespace": "--namespace",
+    # trainctl takes the head's memory from the environment, never from an option.
+    "head_memory": "RAY_HEAD_MEMORY",
 }
 
 
@@ -92,6 +96,7 @@ def option_for(field: str) -> str:
         ("gpu-type", "--gpu-type"),
         ("nvidia.com/gpu", "--gpus-per-worker"),
         ("Replicas", "--workers"),
+        ("headGroupSpec.template.spec.containers[*].resources.limits.memory", "RAY_HEAD_MEMORY"),
         ("memory", "--memory"),
         (".cpu", "--cpus"),
     )
@@ -209,8 +214,19 @@ def request_options(command: F) -> F:
         click.option("--image", default=None, help="Ray image; must pass the policy's allow-list."),
         click.option("--gpu-type", default=None, help="GPU type the policy knows, such as l4 or a100."),
         click.option("--gpus-per-worker", type=int, default=0, show_default=True, help="GPUs of each worker."),
-        click.option("--memory", default="2Gi", show_default=True, help="Memory of each worker, such as 8Gi."),
-        click.option("--cpus", type=int, default=1, show_default=True, help="CPUs of each worker."),
+        click.option(
+            "--memory",
+            default="2Gi",
+            show_default=True,
+            help="Memory of each worker, such as 8Gi, at least 512Mi. A number without a unit is bytes.",
+        ),
+        click.option(
+            "--cpus",
+            type=int,
+            default=1,
+            show_default=True,
+            help="CPUs of each worker: at most the policy's max_cpus_per_pod, or this machine's CPUs when local.",
+        ),
         click.option("--workers", type=int, default=2, show_default=True, help="Worker nodes (pods on KubeRay)."),
         click.option(
             "--template",
@@ -240,6 +256,8 @@ def _up_request(
     owner = current_user()
     if name is not None:
         check_cluster_name(name)
+    if team is not None:
+        check_label_value(team, field="team")
     return UpRequest(
         template=template or ("gpu" if gpus_per_worker > 0 else "cpu"),
         workers=workers,
@@ -490,9 +508,14 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
     env = {}
     for value in values:
         key, sep, content = value.partition("=")
-        if not sep or not ENV_NAME.fullmatch(key):
+        if not sep:
+            # The value is not repeated: what was meant as NAME=VALUE may hold a secret.
+            raise InvalidRequestError("--env", "a value has no '='", "Write --env NAME=value.")
+        if not ENV_NAME.fullmatch(key):
             raise InvalidRequestError(
-                "--env", f"{value!r} is not NAME=VALUE with a valid variable name", "Write --env NAME=value."
+                "--env",
+                f"{key!r} is not a valid variable name",
+                "Use letters, digits and '_', not starting with a digit.",
             )
         env[key] = content
     return env
@@ -528,8 +551,7 @@ def submit(
     Example:
       trainctl submit ray-alice-3f2a1c --working-dir . -- python train.py --epochs 3
     """
-    clusters = _clusters(backend, namespace)
-    summary = clusters.find(name)
+    # The arguments are checked before any cluster is looked up.
     entrypoint = shlex.join(command)
     timeout_s = parse_duration_minutes(timeout, field="--timeout") * 60.0
     runtime_env: dict[str, Any] = {"working_dir": working_dir} if working_dir else {}
@@ -540,9 +562,12 @@ def submit(
             f"{job_id!r} is not a valid job id",
             "Use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit.",
         )
+    clusters = _clusters(backend, namespace)
+    summary = clusters.find(name)
     submission_id = job_id or f"{name}-{uuid.uuid4().hex[:8]}"
     history = open_history(history_url, warn=_warn)
     if history is not None and history.get(submission_id) is not None:
+        history.close()
         raise InvalidRequestError(
             "--job-id", f"job {submission_id!r} is already in the history", "Choose another --job-id, or leave it out."
         )

@@ -27,6 +27,7 @@ from resources.kuberay.naming import (
 from resources.kuberay.policy import Policy, apply_policy
 from resources.kuberay.quantity import format_bytes
 from resources.kuberay.schema import validate_manifest
+from resources.spec import check_node_memory
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class ClusterRequest:
                     f"must be a positive number of bytes, got {getattr(self, name)!r}",
                     "Use a size such as 4 * 1024**3.",
                 )
+            check_node_memory(getattr(self, name), field=name)
         if not _is_count(self.head_cpus) or self.head_cpus < 0:
             raise InvalidRequestError(
                 "head_cpus", f"must be 0 or more, got {self.head_cpus!r}", "Use 1 so Ray Data has a CPU on the head."

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from resources.errors import InvalidRequestError
+
 # KubeRay rejects longer RayCluster names (MaxRayClusterNameLength) so that the name plus
 # its longest service suffix, "-serve-svc", still fits a 63-character DNS label.
 MAX_CLUSTER_NAME_LENGTH = 53
@@ -60,6 +62,28 @@ def is_qualified_name(value: str) -> bool:
 def is_label_value(value: str) -> bool:
     """Check whether ``value`` is a valid label value. The empty string is valid."""
     return value == "" or (len(value) <= MAX_LABEL_VALUE_LENGTH and _LABEL_VALUE.fullmatch(value) is not None)
+
+
+def check_label_value(value: object, *, field: str) -> None:
+    """Raise ``InvalidRequestError`` naming ``field`` unless ``value`` is a valid label value.
+
+    Use it for values a person typed, such as a team name, so that they correct the value
+    instead of finding it rewritten. Values from Dagster, such as run ids, go through :func:`label_value`.
+    """
+    if not isinstance(value, str):
+        raise InvalidRequestError(field, f"must be a string, got {value!r}", "Use a name such as 'ranking'.")
+    if is_label_value(value):
+        return
+    excerpt = value if len(value) <= 40 else value[:37] + "..."
+    problem = f"{excerpt!r} is not a valid Kubernetes label value"
+    if len(value) > MAX_LABEL_VALUE_LENGTH:
+        problem = f"{excerpt!r} is {len(value)} characters long, above the maximum of {MAX_LABEL_VALUE_LENGTH}"
+    raise InvalidRequestError(
+        field,
+        problem,
+        f"Use at most {MAX_LABEL_VALUE_LENGTH} letters, digits, '-', '_' or '.', "
+        "starting and ending with a letter or digit, such as 'ranking'.",
+    )
 
 
 def cluster_name(*, run_id: str, prefix: str = "ray") -> str:

@@ -4,7 +4,7 @@ The security settings meet the Kubernetes "restricted" Pod Security Standard
 (https://kubernetes.io/docs/concepts/security/pod-security-standards/). Containers get
 no privilege escalation, a non-root user, the RuntimeDefault (or a Localhost) seccomp
 profile, and all capabilities dropped, with only NET_BIND_SERVICE allowed back. Pods get
-no host namespaces and only the volume types that standard allows.
+no host namespaces, no host ports and only the volume types that standard allows.
 """
 
 from __future__ import annotations
@@ -106,6 +106,17 @@ def _check_volumes(pod_spec: Mapping[str, Any], *, path: str) -> None:
             )
 
 
+def _check_host_ports(container: Mapping[str, Any], *, path: str) -> None:
+    # The baseline standard, which the restricted one includes, allows only an unset or zero hostPort.
+    for index, port in enumerate(container.get("ports") or []):
+        if port.get("hostPort"):
+            raise InvalidRequestError(
+                f"{path}.ports[{index}].hostPort",
+                f"host port {port['hostPort']} is not allowed by the restricted Pod Security Standard",
+                "Remove hostPort; the RayCluster's head Service reaches the ports inside the cluster.",
+            )
+
+
 def _enforce_shm(pod_spec: dict[str, Any], *, ray_container: dict[str, Any], policy: Policy) -> None:
     memory = int(parse_quantity(ray_container["resources"]["limits"]["memory"]))
     size = format_bytes(policy.shm_size(memory))
@@ -171,6 +182,7 @@ def enforce_pod_template(
         for index, container in enumerate(pod_spec.get(list_name) or []):
             container_path = f"{path}.spec.{list_name}[{index}]"
             policy.check_image(container.get("image"), field=f"{container_path}.image")
+            _check_host_ports(container, path=container_path)
             container["securityContext"] = restricted_container_security_context(
                 container.get("securityContext"), policy=policy
             )

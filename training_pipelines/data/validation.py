@@ -1,6 +1,8 @@
-"""Validation of the events table: schema, types, rating range and duplicate events."""
+"""Validation of the ratings source: the events' schema, types, ranges and duplicates, and the feature tables' ids."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import pandas as pd
 
@@ -9,6 +11,10 @@ from resources.errors import InvalidRequestError
 EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 MIN_RATING = 1
 MAX_RATING = 5
+# Unix seconds of the first and last second that a Python date, and so the ``day`` column,
+# can hold. A timestamp outside is not in seconds: most often it is in milliseconds.
+MIN_TIMESTAMP_S = int(dt.datetime(1, 1, 1, tzinfo=dt.UTC).timestamp())
+MAX_TIMESTAMP_S = int(dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp())
 
 
 class SourceError(InvalidRequestError):
@@ -76,8 +82,48 @@ def validate_events(events: pd.DataFrame, *, source: str) -> pd.DataFrame:
         )
 
     frame = frame.astype({"user_id": "int64", "item_id": "int64", "timestamp": "int64", "rating": "float64"})
+    outside = frame["timestamp"][(frame["timestamp"] < MIN_TIMESTAMP_S) | (frame["timestamp"] > MAX_TIMESTAMP_S)]
+    if not outside.empty:
+        raise timestamp_error(int(outside.iloc[0]), count=len(outside), source=source)
     before = len(frame)
     frame = frame.drop_duplicates(ignore_index=True)
     frame["day"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True).dt.date
     frame.attrs["duplicates_dropped"] = before - len(frame)
     return frame
+
+
+def timestamp_error(example: int, *, count: int | None, source: str) -> SourceError:
+    """Build the error for timestamps outside ``MIN_TIMESTAMP_S`` to ``MAX_TIMESTAMP_S``, ``count`` of them if known."""
+    counted = "timestamp(s)" if count is None else f"{count} timestamp(s)"
+    return SourceError(
+        "events.timestamp",
+        f"{counted} in {source}, such as {example}, are not Unix seconds of the years 1 to 9999",
+        "Store seconds since 1970-01-01 UTC (divide milliseconds by 1000) or a timestamp type",
+    )
+
+
+def validate_ids(table: pd.DataFrame, *, name: str, key: str, source: str) -> pd.DataFrame:
+    """Check that the feature table ``name`` has integer ids without nulls in column ``key``; return it unchanged.
+
+    String ids never match the events' integer ids, so every user or item would silently
+    get the features of an unknown one. Other types are rejected as they are in the events.
+
+    Raises:
+        SourceError: the column is missing, has the wrong type or contains nulls.
+    """
+    if key not in table.columns:
+        raise SourceError(
+            f"{name}_uri",
+            f"{source} lacks the column {key} (it has {', '.join(map(str, table.columns))})",
+            f"Add it, or map the source's name for it to {key} with column_renames",
+        )
+    if not pd.api.types.is_integer_dtype(table[key]):
+        raise SourceError(
+            f"{name}.{key}",
+            f"expected integer ids in {source}, got {table[key].dtype}",
+            "Store ids as integers, the same ids as in the events table",
+        )
+    nulls = int(table[key].isna().sum())
+    if nulls:
+        raise SourceError(f"{name}.{key}", f"{nulls} null value(s) in {source}", f"Drop the rows without a {key}")
+    return table
