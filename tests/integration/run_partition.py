@@ -1,11 +1,12 @@
-"""Run daily_retrain_job for one partition in this process; the termination tests signal it.
+"""Run daily_retrain_job for one partition in this process; the termination and fault tests signal it.
 
-``python -m tests.integration.run_partition STORAGE_ROOT PARTITION [KUBE_API_URL]`` expects the
-ratings history to be stored already and trains long enough to be interrupted. With
-KUBE_API_URL it uses the kuberay backend against the stand-in that the test process serves
-there; without it, the local backend.
+``python -m tests.integration.run_partition STORAGE_ROOT PARTITION [KUBE_API_URL] [--epochs N]``
+expects the ratings history to be stored already and, by default, trains long enough to be
+interrupted. With KUBE_API_URL it uses the kuberay backend against the stand-in that the
+test process serves there; without it, the local backend.
 """
 
+import argparse
 import sys
 
 import dagster as dg
@@ -17,14 +18,22 @@ from training_pipelines.defs.settings import RankingSettings
 
 
 def main() -> int:
-    storage_root, partition = sys.argv[1], sys.argv[2]
-    resources = small_resources(storage_root, workers=1)  # type: ignore[arg-type]
-    if len(sys.argv) > 3:
-        resources["ray_cluster"] = kuberay_cluster_at(sys.argv[3])
-    resources["ranking_settings"] = RankingSettings(window_days=7, epochs=200)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("storage_root")
+    parser.add_argument("partition")
+    parser.add_argument("kube_api_url", nargs="?")
+    parser.add_argument("--epochs", type=int, default=200)
+    args = parser.parse_args()
+    resources = small_resources(args.storage_root, workers=1)
+    if args.kube_api_url:
+        resources["ray_cluster"] = kuberay_cluster_at(args.kube_api_url)
+    resources["ranking_settings"] = RankingSettings(window_days=7, epochs=args.epochs)
     job = defs.resolve_job_def("daily_retrain_job")
     result = job.execute_in_process(
-        partition_key=partition, instance=dg.DagsterInstance.ephemeral(), resources=resources, raise_on_error=False
+        partition_key=args.partition,
+        instance=dg.DagsterInstance.ephemeral(),
+        resources=resources,
+        raise_on_error=False,
     )
     return 0 if result.success else 1
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from resources.cluster import RayClusterResource
+from resources.errors import RayJobError
 from resources.storage import TrainingStorage
 from training_pipelines.data.source import RatingsSource
 from training_pipelines.data.validation import SourceError
@@ -173,14 +174,28 @@ def ranking_model(
 
     asset = context.asset_key.to_user_string()
     startup_s = ray_cluster.ensure_started(on_progress=context.log.info, asset=asset)
-    outcome = ray_cluster.submit_job(
-        # The job runs the cluster's own `python`: the image's on KubeRay, this environment's locally.
-        entrypoint="python -m training_pipelines.training.ray_job "
-        + " ".join(shlex.quote(uri) for uri in request_uris),
-        job_name=f"train-{first.partition}" + ("" if len(days) == 1 else f"-to-{last.partition}"),
-        on_log_line=context.log.info,
-        asset=asset,
-    )
+    try:
+        outcome = ray_cluster.submit_job(
+            # The job runs the cluster's own `python`: the image's on KubeRay, this environment's locally.
+            entrypoint="python -m training_pipelines.training.ray_job "
+            + " ".join(shlex.quote(uri) for uri in request_uris),
+            job_name=f"train-{first.partition}" + ("" if len(days) == 1 else f"-to-{last.partition}"),
+            on_log_line=context.log.info,
+            asset=asset,
+        )
+    except RayJobError as err:
+        if err.status != "LOST":
+            raise
+        # The cluster died under the job. What is left of it goes now, so a retry starts a new one,
+        # and Ray Train resumes there from this run's last checkpoint in storage.
+        ray_cluster.stop()
+        if context.retry_number >= ranking_settings.cluster_loss_retries:
+            raise
+        context.log.warning(
+            f"The Ray cluster was lost while training ({err.reason}); retrying on a new cluster "
+            f"from the last checkpoint (retry {context.retry_number + 1} of {ranking_settings.cluster_loss_retries})"
+        )
+        raise dg.RetryRequested(max_retries=ranking_settings.cluster_loss_retries) from err
     trained = {
         day.isoformat(): _TrainedDay.from_result(storage.read_json(MODEL_FOLDER, day.isoformat(), RESULT_FILE))
         for day in days

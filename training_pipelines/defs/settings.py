@@ -33,6 +33,11 @@ class RankingSettings(ConfigurableResource):  # type: ignore[type-arg]
     max_failures: int = Field(
         default=2, description="Worker-group restarts Ray Train may make from the last checkpoint."
     )
+    cluster_loss_retries: int = Field(
+        default=1,
+        description="Times the training step starts a new cluster and resumes from the last checkpoint "
+        "after its cluster was lost (the head node died, or stopped answering).",
+    )
     seed: int = Field(default=0, description="Seed of weight initialisation and shuffling.")
 
     def validate_settings(self) -> None:
@@ -60,6 +65,14 @@ class RankingSettings(ConfigurableResource):  # type: ignore[type-arg]
                 f"must lie in [0, 1], got {self.warm_start_shrink}",
                 "Use 1 to keep yesterday's weights as they are, 0 to start from the baseline.",
             )
+        for field, value in {
+            "max_failures": self.max_failures,
+            "cluster_loss_retries": self.cluster_loss_retries,
+        }.items():
+            if value < 0:
+                raise InvalidRequestError(
+                    f"ranking_settings.{field}", f"must be 0 or more, got {value}", "Use 0 to never retry."
+                )
         if self.auc_margin < 0:
             raise InvalidRequestError(
                 "ranking_settings.auc_margin", f"must be 0 or more, got {self.auc_margin}", "Use a value such as 0.01."
