@@ -144,7 +144,7 @@ def render_report(results: dict[str, Any]) -> str:
         "## Reproduce",
         "",
         "```sh",
-        "make bench                                   # every benchmark, full size (about 20 minutes)",
+        "make bench                                   # every benchmark, full size (about 40 minutes)",
         ".venv/bin/python -m benchmarks.run --only training",
         "```",
         "",
@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Running benchmark {name}...", flush=True)
         figures[name] = BENCHMARKS[name](args.smoke)
         print(f"  {json.dumps(figures[name])} ({time.perf_counter() - started:.0f} s)", flush=True)
-
-    results = {"machine": machine(), "smoke": args.smoke, "figures": figures}
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
-    report_path.write_text(render_report(results))
+        # Written after each benchmark, so that one that fails late keeps the figures of the others.
+        results = {"machine": machine(), "smoke": args.smoke, "figures": figures}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        report_path.write_text(render_report(results))
     print(f"Wrote {results_path} and {report_path}")
     return 0
 

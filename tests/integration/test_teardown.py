@@ -47,9 +47,9 @@ def test_failed_job_fails_step_with_log_tail(no_leaked_ray_processes: None) -> N
     assert "training step 49" in message
 
 
-def _start_run(storage_root: Path) -> subprocess.Popen[str]:
+def _start_run(storage_root: Path, *options: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.run_partition", str(storage_root), PARTITION],
+        [sys.executable, "-m", "tests.integration.run_partition", str(storage_root), PARTITION, *options],
         cwd=REPOSITORY_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -87,14 +87,19 @@ def _wait_for_output(process: subprocess.Popen[str], marker: str) -> tuple[list[
 
 
 @pytest.mark.parametrize(
-    ("marker", "phase"),
-    [("workers registered", "while the cluster starts"), ("Epoch 1/200", "during training")],
+    ("marker", "phase", "epochs"),
+    [
+        ("workers registered", "while the cluster starts", 200),
+        ("Epoch 1/200", "during training", 200),
+        # The cluster outlives training: the run's later steps may use it, and it goes when the run ends.
+        ('Started execution of step "ranking_model_evaluation"', "while evaluating", 1),
+    ],
 )
 def test_interrupted_run_leaves_no_ray_process(
-    storage_root: Path, no_leaked_ray_processes: None, marker: str, phase: str
+    storage_root: Path, no_leaked_ray_processes: None, marker: str, phase: str, epochs: int
 ) -> None:
     materialize_history(small_resources(storage_root), first="1997-09-20", last="1997-10-21")
-    process = _start_run(storage_root)
+    process = _start_run(storage_root, f"--epochs={epochs}")
     try:
         lines, reader = _wait_for_output(process, marker)
         # Dagster terminates a run by sending SIGINT to the run worker process.

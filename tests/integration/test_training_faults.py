@@ -18,20 +18,24 @@ import psutil
 import pytest
 
 from tests.integration.conftest import materialize_history, small_resources
+from tests.integration.kuberay_fixtures import KubeEnvironment, kube
+from tests.integration.test_kuberay_faults import raycluster_names
 from tests.integration.test_teardown import EXIT_TIMEOUT_S, PARTITION, REPOSITORY_ROOT, _wait_for_output
 
 pytestmark = pytest.mark.integration
+
+__all__ = ["kube"]
 
 EPOCHS = 12
 RUN_TIMEOUT_S = 400.0
 CHECKPOINT_TIMEOUT_S = 60.0
 
 
-def _start_run(storage_root: Path) -> subprocess.Popen[str]:
+def _start_run(storage_root: Path, *arguments: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable, "-m", "tests.integration.run_partition", str(storage_root), PARTITION,
-            f"--epochs={EPOCHS}",
+            *arguments, f"--epochs={EPOCHS}",
         ],
         cwd=REPOSITORY_ROOT,
         stdout=subprocess.PIPE,
@@ -42,10 +46,10 @@ def _start_run(storage_root: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _descendants(process: subprocess.Popen[str], *markers: str) -> list[psutil.Process]:
-    """The run's descendant processes whose command line holds every one of ``markers``."""
+def _descendants(pid: int, *markers: str) -> list[psutil.Process]:
+    """The descendant processes of ``pid`` whose command line holds every one of ``markers``."""
     found = []
-    for child in psutil.Process(process.pid).children(recursive=True):
+    for child in psutil.Process(pid).children(recursive=True):
         try:
             command = " ".join(child.cmdline())
         except psutil.Error:
@@ -64,10 +68,12 @@ def _wait_for_checkpoint(storage_root: Path, process: subprocess.Popen[str]) -> 
         time.sleep(0.1)
 
 
-def _run_until_finished(storage_root: Path, kill: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str]:
+def _run_until_finished(
+    storage_root: Path, kill: Callable[[subprocess.Popen[str]], None], *arguments: str
+) -> tuple[int, str]:
     """Run the partition, call ``kill`` once a checkpoint is registered, and return the exit code and output."""
     materialize_history(small_resources(storage_root), first="1997-09-20", last="1997-10-21")
-    process = _start_run(storage_root)
+    process = _start_run(storage_root, *arguments)
     try:
         lines, reader = _wait_for_output(process, f"Epoch 2/{EPOCHS}")
         _wait_for_checkpoint(storage_root, process)
@@ -82,13 +88,14 @@ def _run_until_finished(storage_root: Path, kill: Callable[[subprocess.Popen[str
 
 
 def _kill_training_worker(process: subprocess.Popen[str]) -> None:
-    workers = _descendants(process, "RayTrainWorker")
+    workers = _descendants(process.pid, "RayTrainWorker")
     assert len(workers) == 1, [worker.cmdline() for worker in workers]
     workers[0].send_signal(signal.SIGKILL)
 
 
-def _kill_head_node(process: subprocess.Popen[str]) -> None:
-    heads = _descendants(process, "ray start", "--head")
+def _kill_head_node(process: subprocess.Popen[str], *, nodes_of: int | None = None) -> None:
+    # The local backend's nodes descend from the run process, the stand-in operator's from this one.
+    heads = _descendants(process.pid if nodes_of is None else nodes_of, "ray start", "--head")
     assert len(heads) == 1, [head.cmdline() for head in heads]
     # Every process of the head node: GCS, raylet, the dashboard with the Jobs API, and the job's driver.
     os.killpg(os.getpgid(heads[0].pid), signal.SIGKILL)
@@ -105,6 +112,19 @@ def test_worker_death_resumes(storage_root: Path, no_leaked_ray_processes: None)
     assert "RUN_SUCCESS" in output
 
 
+def test_worker_killed_without_restarts_fails_with_reason(storage_root: Path, no_leaked_ray_processes: None) -> None:
+    # The kernel's out-of-memory killer sends SIGKILL; with no restarts allowed the job must fail, and say why.
+    returncode, output = _run_until_finished(storage_root, _kill_training_worker, "--max-failures=0")
+
+    assert returncode == 1, output[-5000:]
+    failure = output[output.index("STEP_FAILURE") :]
+    assert "ended as FAILED" in failure
+    # The step's error carries the job's last log lines, which name the dead worker.
+    assert "Last log lines of the job" in failure
+    assert "RayTrainWorker" in failure
+    assert "RUN_FAILURE" in output
+
+
 def test_head_death_retries_on_new_cluster(storage_root: Path, no_leaked_ray_processes: None) -> None:
     returncode, output = _run_until_finished(storage_root, _kill_head_node)
 
@@ -118,3 +138,21 @@ def test_head_death_retries_on_new_cluster(storage_root: Path, no_leaked_ray_pro
     assert f"Epoch 1/{EPOCHS} of {PARTITION}" not in output[retry:]
     assert f"Epoch {EPOCHS}/{EPOCHS} of {PARTITION}" in output[retry:]
     assert "RUN_SUCCESS" in output
+
+
+def test_head_death_on_kuberay_retries_on_new_raycluster(
+    storage_root: Path, kube: KubeEnvironment, no_leaked_ray_processes: None
+) -> None:
+    returncode, output = _run_until_finished(
+        storage_root, lambda process: _kill_head_node(process, nodes_of=os.getpid()), kube.standin.url
+    )
+
+    assert returncode == 0, output[-5000:]
+    assert "The Ray cluster was lost while training" in output
+    creates = kube.standin.calls(verb="create", plural="rayclusters")
+    assert len(creates) == 2
+    retry = output.rindex("Creating RayCluster")
+    assert f"Resuming {PARTITION} from the checkpoint of epoch" in output[retry:]
+    assert f"Epoch 1/{EPOCHS} of {PARTITION}" not in output[retry:]
+    assert raycluster_names(kube) == []
+    assert kube.operator.running_clusters() == []
