@@ -66,7 +66,7 @@ def test_partition_trains_end_to_end(storage_root: Path, no_leaked_ray_processes
     assert LocalRegistry(state_dir() / "clusters").list() == []
 
 
-def test_next_day_warm_starts_and_a_range_shares_one_job(storage_root: Path, no_leaked_ray_processes: None) -> None:
+def test_range_shares_one_job(storage_root: Path, no_leaked_ray_processes: None) -> None:
     history_url = f"sqlite:///{storage_root.parent / 'history.db'}"
     resources = small_resources(storage_root, workers=1, history_url=history_url)
     materialize_history(resources, first="1997-09-20", last="1997-10-23")

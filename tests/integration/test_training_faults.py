@@ -2,7 +2,7 @@
 
 A training worker's death is Ray Train's to handle: it restarts the worker group from the
 last checkpoint. The head node's death takes the Jobs API with it, so the job fails at the
-next poll; the step then stops what is left of the cluster and Dagster retries it on a new
+next poll. The step then stops what is left of the cluster, and Dagster retries it on a new
 cluster, where Ray Train resumes from the checkpoint the run left in storage.
 """
 
@@ -47,7 +47,7 @@ def _start_run(storage_root: Path, *arguments: str) -> subprocess.Popen[str]:
 
 
 def _descendants(pid: int, *markers: str) -> list[psutil.Process]:
-    """The descendant processes of ``pid`` whose command line holds every one of ``markers``."""
+    """Return the descendant processes of ``pid`` whose command line contains every one of ``markers``."""
     found = []
     for child in psutil.Process(pid).children(recursive=True):
         try:
@@ -113,7 +113,7 @@ def test_worker_death_resumes(storage_root: Path, no_leaked_ray_processes: None)
 
 
 def test_worker_killed_without_restarts_fails_with_reason(storage_root: Path, no_leaked_ray_processes: None) -> None:
-    # The kernel's out-of-memory killer sends SIGKILL; with no restarts allowed the job must fail, and say why.
+    # The kernel's out-of-memory killer sends SIGKILL. With no restarts allowed, the job must fail with the reason.
     returncode, output = _run_until_finished(storage_root, _kill_training_worker, "--max-failures=0")
 
     assert returncode == 1, output[-5000:]

@@ -4,9 +4,9 @@
 builds the training examples from the stored daily partitions, trains with Ray
 Train's ``TorchTrainer`` (DistributedDataParallel; gloo on CPU, NCCL on GPU) reading
 its shards through Ray Data, and writes the model and a result file next to the
-request. Several requests train one after another in one ``TorchTrainer`` run, so a
-Dagster run that covers several partitions starts the job and the worker group once;
-a partition that warm-starts from the one before it continues from that model in
+request. Several requests train one after another in one ``TorchTrainer`` run. So a
+Dagster run that covers several partitions starts the job and the worker group once,
+and a partition that warm-starts from the one before it continues from that model in
 memory. The Dagster asset that submitted the job reads the results.
 """
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             name=f"ranking_model-{first.partition}" + ("" if len(requests) == 1 else f"-to-{requests[-1].partition}"),
             storage_path=first.train_dir,
             failure_config=ray.train.FailureConfig(max_failures=first.max_failures),
-            # Every checkpoint is kept: the last one of each partition holds that partition's model.
+            # Every checkpoint is kept, because the last one of each partition contains that partition's model.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
         ),
     )
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     result = trainer.fit()
     training_s = time.perf_counter() - train_started
 
-    # The last checkpoint that each partition reported holds its model.
+    # The last checkpoint that each partition reported contains its model.
     last: dict[str, tuple[ray.train.Checkpoint, dict[str, Any]]] = {}
     for checkpoint, metrics in result.best_checkpoints or []:
         kept = last.get(metrics["partition"])

@@ -156,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch_losses: list[float] = []
         training_s = 0.0
         if resumed is not None and first_epoch >= epochs:
-            # The checkpoint holds the end of this partition: the next one starts from it.
+            # The checkpoint contains the end of this partition, so the next one starts from it.
             previous_state, resumed = resumed["model"], None
             continue
         start_epoch = 0
