@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 # One deadline covers the head, the dashboard and every worker joining.
 START_TIMEOUT_S = 180.0
 POLL_INTERVAL_S = 0.25
+# Times a worker node is started before the cluster start fails. The head is started once.
+NODE_START_ATTEMPTS = 2
 LOG_TAIL_LINES = 20
 
 # Ray resolves 127.0.0.1 and "localhost" to the machine's network address before it
@@ -57,6 +59,8 @@ class _Node:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # Start number of this node, from 1.
+    attempt: int = 1
 
 
 def _free_port(host: str) -> int:
@@ -92,6 +96,7 @@ class LocalRayCluster:
         temp_root: str | None = None,
         python_executable: str = sys.executable,
         start_timeout_s: float = START_TIMEOUT_S,
+        node_start_attempts: int = NODE_START_ATTEMPTS,
         on_progress: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -105,6 +110,7 @@ class LocalRayCluster:
         self._bin_dir = Path(python_executable).parent
         self._python = python_executable
         self._start_timeout_s = start_timeout_s
+        self._node_start_attempts = node_start_attempts
         self._on_progress = on_progress or (lambda message: logger.info("%s", message))
         self._clock = clock
         self._sleep = sleep
@@ -112,6 +118,7 @@ class LocalRayCluster:
         self._nodes: list[_Node] = []
         self._reaper: subprocess.Popen[bytes] | None = None
         self._work_dir: Path | None = None
+        self._gcs_address: str | None = None
         self.info: LocalClusterInfo | None = None
 
     def __enter__(self) -> LocalClusterInfo:
@@ -132,9 +139,13 @@ class LocalRayCluster:
     def start(self) -> LocalClusterInfo:
         """Start the head and all workers and wait until every node is registered.
 
+        A worker node that exits before the cluster is ready is started again, up to
+        ``node_start_attempts`` starts in all.
+
         Raises:
-            ClusterStartError: a node exited or the cluster was not ready within the
-                start timeout. Everything started so far is stopped before it is raised.
+            ClusterStartError: the head exited, a worker node exited on its last start,
+                or the cluster was not ready within the start timeout. Everything
+                started so far is stopped before it is raised.
         """
         started_at = self._clock()
         deadline = started_at + self._start_timeout_s
@@ -156,8 +167,9 @@ class LocalRayCluster:
             # the head's dashboard is still starting.
             self._wait_for_port(self._node_ip, gcs_port, deadline)
             self._on_progress(f"Starting {self.spec.workers} Ray worker node{'s' if self.spec.workers != 1 else ''}")
+            self._gcs_address = gcs_address
             for index in range(self.spec.workers):
-                self._start_node(f"worker-{index}", self._worker_args(index, gcs_address))
+                self._start_node(f"worker-{index}", self._worker_args(index, gcs_address, attempt=1))
 
             self._wait_for_dashboard(dashboard_url, deadline)
             self._on_progress(f"Ray head is up, dashboard at {dashboard_url}")
@@ -239,14 +251,15 @@ class LocalRayCluster:
             "--num-gpus=0",
         ]
 
-    def _worker_args(self, index: int, gcs_address: str) -> list[str]:
+    def _worker_args(self, index: int, gcs_address: str, *, attempt: int) -> list[str]:
         assert self._work_dir is not None
         return [
             *self._common_args(),
             f"--address={gcs_address}",
             # Nodes that share a temp dir pick socket and log names by counting files.
-            # That races when workers start together, so each node gets its own folder.
-            f"--temp-dir={self._work_dir / f'w{index}'}",
+            # That races when workers start together, so each node, and each new start
+            # of a node, gets its own folder.
+            f"--temp-dir={self._work_dir / (f'w{index}' if attempt == 1 else f'w{index}-{attempt}')}",
             f"--num-cpus={self.spec.cpus_per_worker}",
             f"--num-gpus={self.spec.gpus_per_worker}",
             f"--memory={self.spec.memory_per_worker}",
@@ -272,11 +285,11 @@ class LocalRayCluster:
             self._reaper.kill()
         self._reaper = None
 
-    def _start_node(self, node_name: str, args: list[str]) -> None:
+    def _start_node(self, node_name: str, args: list[str], *, attempt: int = 1) -> None:
         assert self._work_dir is not None
         assert self._reaper is not None
         assert self._reaper.stdin is not None
-        log_path = self._work_dir / f"{node_name}.log"
+        log_path = self._work_dir / (f"{node_name}.log" if attempt == 1 else f"{node_name}-{attempt}.log")
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 args,
@@ -286,22 +299,46 @@ class LocalRayCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._nodes.append(_Node(name=node_name, process=process, log_path=log_path))
+        self._nodes.append(_Node(name=node_name, process=process, log_path=log_path, attempt=attempt))
         self._reaper.stdin.write(f"watch {process.pid}\n".encode())
         self._reaper.stdin.flush()
         logger.debug("Started Ray %s of %s as pid %d", node_name, self.name, process.pid)
 
     def _check_nodes_alive(self) -> None:
+        """Raise if a node exited while the cluster starts, after starting a worker node again if it may.
+
+        On a loaded machine a worker's raylet can miss its own start-up deadline ("The
+        current node timed out during startup"), and a second start may succeed. The
+        head is not started again, because the workers registered with its GCS.
+        """
         if self._cancel is not None and self._cancel.is_set():
             raise ClusterStartError(self.name, "the start was cancelled")
-        for node in self._nodes:
+        for position, node in enumerate(self._nodes):
             code = node.process.poll()
-            if code is not None:
+            if code is None:
+                continue
+            if node.name == "head" or node.attempt >= self._node_start_attempts:
                 raise ClusterStartError(
                     self.name,
-                    f"Ray {node.name} exited with code {code} while starting",
+                    f"Ray {node.name} exited with code {code} while starting"
+                    + (f" (start {node.attempt} of {node.attempt})" if node.attempt > 1 else ""),
                     _tail(node.log_path),
                 )
+            logger.warning(
+                "Ray %s of %s exited with code %d while starting:\n%s", node.name, self.name, code, _tail(node.log_path)
+            )
+            self._on_progress(f"Ray {node.name} exited with code {code} while starting; starting it again")
+            # Stop what the failed start left running (a raylet, its agents) before the new start.
+            kill_process_groups([node.process.pid], grace_period_s=GRACE_PERIOD_S)
+            del self._nodes[position]
+            index = int(node.name.removeprefix("worker-"))
+            assert self._gcs_address is not None
+            self._start_node(
+                node.name,
+                self._worker_args(index, self._gcs_address, attempt=node.attempt + 1),
+                attempt=node.attempt + 1,
+            )
+            return
 
     def _wait_for_port(self, host: str, port: int, deadline: float) -> None:
         while True:

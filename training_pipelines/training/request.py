@@ -59,4 +59,3 @@ class TrainingRequest:
 REQUEST_FILE = "request.json"
 RESULT_FILE = "result.json"
 MODEL_FILE = "model.pt"
-EXAMPLES_FILE = "examples.parquet"
