@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # One deadline covers the head, the dashboard and every worker joining.
 START_TIMEOUT_S = 180.0
-POLL_INTERVAL_S = 0.25
+POLL_INTERVAL_S = 0.1
 # Times a worker node is started before the cluster start fails. The head is started once.
 NODE_START_ATTEMPTS = 2
 LOG_TAIL_LINES = 20
