@@ -149,6 +149,10 @@ def test_invalid_requests_start_nothing(env: dict[str, str], tmp_path: Path) -> 
     assert not list((tmp_path / "state").glob("clusters/*.json"))
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_starting_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
     process = subprocess.Popen(
         [TRAINCTL, "up", *SMALL, "--name", "exp-interrupted"],
@@ -157,6 +161,9 @@ def test_ctrl_c_while_starting_leaves_nothing(env: dict[str, str], tmp_path: Pat
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C in a terminal reaches a program whose SIGINT is at its default, while a test
+        # run started in the background by a shell inherits SIGINT ignored.
+        preexec_fn=_default_sigint,
     )
     assert process.stderr is not None
     # Interrupt once the head is starting.
