@@ -63,6 +63,11 @@ class _Node:
     attempt: int = 1
 
 
+def _numbered(name: str, attempt: int) -> str:
+    """Return the file or folder name of a node's ``attempt``-th start: ``name`` for the first."""
+    return name if attempt == 1 else f"{name}-{attempt}"
+
+
 def _free_port(host: str) -> int:
     # Limitation: another program can take the port between this probe and Ray's bind.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -259,7 +264,7 @@ class LocalRayCluster:
             # Nodes that share a temp dir pick socket and log names by counting files.
             # That races when workers start together, so each node, and each new start
             # of a node, gets its own folder.
-            f"--temp-dir={self._work_dir / (f'w{index}' if attempt == 1 else f'w{index}-{attempt}')}",
+            f"--temp-dir={self._work_dir / _numbered(f'w{index}', attempt)}",
             f"--num-cpus={self.spec.cpus_per_worker}",
             f"--num-gpus={self.spec.gpus_per_worker}",
             f"--memory={self.spec.memory_per_worker}",
@@ -289,7 +294,7 @@ class LocalRayCluster:
         assert self._work_dir is not None
         assert self._reaper is not None
         assert self._reaper.stdin is not None
-        log_path = self._work_dir / (f"{node_name}.log" if attempt == 1 else f"{node_name}-{attempt}.log")
+        log_path = self._work_dir / f"{_numbered(node_name, attempt)}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 args,
@@ -321,7 +326,7 @@ class LocalRayCluster:
                 raise ClusterStartError(
                     self.name,
                     f"Ray {node.name} exited with code {code} while starting"
-                    + (f" (start {node.attempt} of {node.attempt})" if node.attempt > 1 else ""),
+                    + (f" (start {node.attempt} of {self._node_start_attempts})" if node.attempt > 1 else ""),
                     _tail(node.log_path),
                 )
             logger.warning(
