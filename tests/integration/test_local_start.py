@@ -1,4 +1,4 @@
-"""A worker node that fails while the local cluster starts: started again once, then the start fails cleanly."""
+"""A local worker node that fails while starting is started again once. A second failure fails the start."""
 
 import sys
 
