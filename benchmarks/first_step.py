@@ -12,7 +12,6 @@ through the ``local`` backend; the stand-in's own start is reported apart.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import shlex
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import alternate, scratch
-from benchmarks.training import build_window
+from benchmarks.training import LAST_DAY, build_window
 from resources.cluster import RayClusterResource
 from tests.integration.kuberay_fixtures import validate_stored_raycluster
 from tests.kube_standin import KubeStandin
@@ -84,9 +83,9 @@ def _small_cluster(**settings: Any) -> RayClusterResource:
 
 
 def run(*, window_days: int, rounds: int) -> dict[str, Any]:
-    """Benchmarks 2 and 8, on the examples of the ``window_days`` days up to 1998-03-15."""
+    """Benchmarks 2 and 8, on the examples of the ``window_days`` days up to ``LAST_DAY``."""
     examples_uri = str(scratch("bx") / "examples.parquet")
-    build_window(last_day=dt.date(1998, 3, 15), days=window_days).to_parquet(examples_uri, index=False)
+    build_window(last_day=LAST_DAY, days=window_days).to_parquet(examples_uri, index=False)
     resource = _small_cluster()
     resource.ensure_started(on_progress=lambda message: None)
     try:

@@ -1,7 +1,8 @@
 """Ray job of the throughput benchmark: the platform's training loop on one examples file, nothing else.
 
 ``python -m benchmarks.throughput_job EXAMPLES_URI RESULT_PATH --workers N --epochs E --batch-size B``
-reads the examples through Ray Data, trains with ``TorchTrainer`` and the pipeline's
+reads the examples as the pipeline's training job holds them (in memory, handed to Ray
+Data as a few blocks), trains with ``TorchTrainer`` and the pipeline's
 ``train_loop_per_worker`` (DistributedDataParallel when N > 1), and writes the
 samples per second of the last epoch, as the training loop reports them.
 """
@@ -12,12 +13,12 @@ import argparse
 import json
 import tempfile
 
-import ray
-import ray.data
+import pandas as pd
 import ray.train
 from ray.train.torch import TorchTrainer
 
 from training_pipelines.ranking.model import ModelConfig
+from training_pipelines.training.ray_job import connect, in_memory_dataset
 from training_pipelines.training.train_loop import train_loop_per_worker
 
 
@@ -30,9 +31,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, required=True)
     args = parser.parse_args()
 
-    ray.init()
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(args.examples_uri).materialize()
+    examples = pd.read_parquet(args.examples_uri)
+    connect()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -44,7 +44,7 @@ def main() -> None:
             "cpus_per_worker": 1,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=args.workers, resources_per_worker={"CPU": 1}),
-        datasets={"train": dataset},
+        datasets={"train": in_memory_dataset(examples)},
         run_config=ray.train.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-train-")),
     )
     metrics = trainer.fit().metrics or {}

@@ -30,6 +30,7 @@ def test_benchmarks_run_in_smoke_mode(tmp_path: Path, no_leaked_ray_processes: N
         "teardown_s",
         "throughput_vs_plain_ratio",
         "scaling_2_vs_1_ratio",
+        "short_window_vs_plain_ratio",
         "first_step_vs_bare_ratio",
         "kuberay_vs_local_ratio",
         "orphan_api_calls",

@@ -85,12 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
 
-    # Ray Train's controller polls its workers every 2 s by default, so a small job
-    # waited seconds after its last epoch for the controller to notice that training ended.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
-    ray.init()
-    # Progress bars are terminal redraws; in the job log (and the Dagster run log) they are noise.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    connect()
     first = requests[0]
     model_config = ModelConfig()
     trainer = TorchTrainer(
@@ -109,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             use_gpu=first.use_gpu,
             resources_per_worker={"CPU": first.cpus_per_worker},
         ),
-        # The examples are already in memory here, so they go to the object store as they are.
-        # A Parquet round trip through storage, with its read tasks, took about 3 s on 2 CPUs.
-        datasets={
-            _dataset_name(item.request): ray.data.from_pandas(_blocks(item.examples, DATASET_BLOCKS))
-            for item in prepared
-        },
+        datasets={_dataset_name(item.request): in_memory_dataset(item.examples) for item in prepared},
         run_config=ray.train.RunConfig(
             name=f"ranking_model-{first.partition}" + ("" if len(requests) == 1 else f"-to-{requests[-1].partition}"),
             storage_path=first.train_dir,
@@ -179,6 +169,25 @@ class _Prepared:
     @property
     def rows(self) -> int:
         return len(self.examples)
+
+
+def connect() -> None:
+    """Connect this job's driver to its Ray cluster, with the settings that both training drivers share."""
+    # Ray Train's controller polls its workers every 2 s by default, so a small job
+    # waited seconds after its last epoch for the controller to notice that training ended.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
+    ray.init()
+    # Progress bars are terminal redraws; in the job log (and the Dagster run log) they are noise.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def in_memory_dataset(frame: pd.DataFrame) -> ray.data.Dataset:
+    """Put ``frame`` into the object store as a dataset of a few blocks of consecutive rows.
+
+    The driver already holds the examples, so they go to the object store as they are.
+    A Parquet round trip through storage, with its read tasks, took about 3 s on 2 CPUs.
+    """
+    return ray.data.from_pandas(_blocks(frame, DATASET_BLOCKS))
 
 
 def _blocks(frame: pd.DataFrame, count: int) -> list[pd.DataFrame]:
