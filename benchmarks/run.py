@@ -171,7 +171,7 @@ def render_report(results: dict[str, Any]) -> str:
         "## Reproduce",
         "",
         "```sh",
-        "make bench                                   # every benchmark, full size (about 40 minutes)",
+        "make bench                                   # every benchmark, full size (about 25 minutes)",
         ".venv/bin/python -m benchmarks.run --only training",
         "```",
         "",
