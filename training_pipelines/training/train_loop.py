@@ -95,10 +95,11 @@ class _ShardCache:
             self._tensors = {name: torch.cat([batch[name] for batch in cached]) for name in cached[0]}
 
 
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+def all_reduce(values: list[float], op: str, device: torch.device) -> list[float]:
+    """Combine ``values`` over every worker with the reduce operation named ``op`` ("SUM", "MAX")."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
     return [float(value) for value in tensor.cpu()]
 
 
@@ -219,9 +220,11 @@ def _train_partition(
             samples += rows
         elapsed = time.perf_counter() - started
 
-        total_loss, total_samples, slowest = _all_reduce_sum([loss_sum, float(samples), elapsed], device)
+        total_loss, total_samples = all_reduce([loss_sum, float(samples)], "SUM", device)
+        # The epoch lasts as long as its slowest worker.
+        (slowest,) = all_reduce([elapsed], "MAX", device)
         mean_loss = total_loss / total_samples if total_samples else float("nan")
-        samples_per_s = total_samples / max(slowest / context.get_world_size(), 1e-9)
+        samples_per_s = total_samples / max(slowest, 1e-9)
         epoch_losses.append(mean_loss)
         training_s += slowest
         metrics = {
