@@ -1,8 +1,9 @@
 """One partition at a realistic size through Dagster against a plain single-process PyTorch script.
 
-The window covers the whole history before the partition (about 100,000 ratings) and
-training uses the default epochs. The platform side runs ``ranking_model`` through
-Dagster on a local cluster it starts and stops (``benchmarks.e2e_run``). The plain side
+The window covers the whole history up to and including the partition day (about
+100,000 ratings) and training uses the default epochs. The platform side runs
+``ranking_model`` through Dagster on a local cluster it starts and stops
+(``benchmarks.e2e_run``). The plain side
 (``benchmarks.plain_train``) reads the same stored days, builds the same examples and
 trains the same model for the same epochs. Both are timed as whole processes. The
 peak resident memory of the run process and of each Ray worker process is sampled

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -190,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # The benchmarks' clusters and jobs stay out of the user's cluster records and job history.
+    os.environ["TRAINCTL_HOME"] = tempfile.mkdtemp(prefix="bench-state-")
+    os.environ.pop("TRAINING_HISTORY_URL", None)
     names = args.only or list(BENCHMARKS)
     results_path = RESULTS if args.output is None else args.output / "results.json"
     report_path = REPORT if args.output is None else args.output / "benchmarks.md"
