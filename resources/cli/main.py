@@ -312,7 +312,10 @@ def cli() -> None:
 @backend_options
 @handle_errors
 def up(backend: str | None, namespace: str | None, **request: Any) -> None:
-    """Create a cluster and wait until every worker has joined.
+    """Create a cluster and wait until it is ready.
+
+    Ready means, locally, that every worker node has registered, and on KubeRay that
+    the head pod is ready and its dashboard answers (workers may still be starting).
 
     The request is checked against the policy before anything is created. Progress
     goes to stderr; the name, dashboard and start-up time to stdout. Ctrl-C while it
