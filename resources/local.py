@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ POLL_INTERVAL_S = 0.1
 # Times a worker node is started before the cluster start fails. The head is started once.
 NODE_START_ATTEMPTS = 2
 LOG_TAIL_LINES = 20
+# How many of the ports it handed out _free_port remembers; a cluster of 2 workers takes 21.
+RECENT_PORTS = 4096
 
 # Ray resolves 127.0.0.1 and "localhost" to the machine's network address before it
 # binds (ray._private.services.resolve_ip_for_localhost), so the nodes use another
@@ -68,11 +71,35 @@ def _numbered(name: str, attempt: int) -> str:
     return name if attempt == 1 else f"{name}-{attempt}"
 
 
-def _free_port(host: str) -> int:
+# Ports that _free_port handed out lately, which it does not hand out again.
+_recent_ports: deque[int] = deque(maxlen=RECENT_PORTS)
+_recent_ports_lock = threading.Lock()
+
+
+def _free_port() -> int:
+    """Return a port that no socket of this machine uses, and that this process has not handed out lately.
+
+    The kernel may give a port that one probe just released to the next probe. Two
+    nodes then got the same port: once a runtime env agent's port was a metrics
+    exporter's, and jobs on that node failed with HTTP 405.
+    """
     # Limitation: another program can take the port between this probe and Ray's bind.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    probes: list[socket.socket] = []
+    try:
+        with _recent_ports_lock:
+            while True:
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(probe)
+                # The wildcard address, so that a port in use on any address is skipped.
+                probe.bind(("", 0))
+                port = int(probe.getsockname()[1])
+                if port not in _recent_ports:
+                    _recent_ports.append(port)
+                    return port
+    finally:
+        # A rejected probe stays bound until here, so the next probe gets another port.
+        for probe in probes:
+            probe.close()
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -159,8 +186,8 @@ class LocalRayCluster:
             (self._work_dir / "home").mkdir()
             self._start_reaper()
 
-            gcs_port = _free_port(self._node_ip)
-            dashboard_port = _free_port(DASHBOARD_HOST)
+            gcs_port = _free_port()
+            dashboard_port = _free_port()
             gcs_address = f"{self._node_ip}:{gcs_port}"
             dashboard_url = f"http://{DASHBOARD_HOST}:{dashboard_port}"
 
@@ -236,12 +263,12 @@ class LocalRayCluster:
             f"--node-ip-address={self._node_ip}",
             f"--object-store-memory={self.spec.object_store_memory}",
             # Each node on this machine needs its own agent ports; Ray's defaults are fixed numbers.
-            f"--dashboard-agent-listen-port={_free_port(self._node_ip)}",
-            f"--dashboard-agent-grpc-port={_free_port(self._node_ip)}",
-            f"--metrics-export-port={_free_port(self._node_ip)}",
-            f"--runtime-env-agent-port={_free_port(self._node_ip)}",
-            f"--node-manager-port={_free_port(self._node_ip)}",
-            f"--object-manager-port={_free_port(self._node_ip)}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--node-manager-port={_free_port()}",
+            f"--object-manager-port={_free_port()}",
         ]
 
     def _head_args(self, gcs_port: int, dashboard_port: int) -> list[str]:
@@ -254,7 +281,7 @@ class LocalRayCluster:
             "--include-dashboard=true",
             f"--dashboard-host={DASHBOARD_HOST}",
             f"--dashboard-port={dashboard_port}",
-            f"--ray-client-server-port={_free_port(self._node_ip)}",
+            f"--ray-client-server-port={_free_port()}",
             f"--num-cpus={self.spec.head_cpus}",
             "--num-gpus=0",
         ]
