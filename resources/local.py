@@ -37,7 +37,7 @@ POLL_INTERVAL_S = 0.1
 # Times a worker node is started before the cluster start fails. The head is started once.
 NODE_START_ATTEMPTS = 2
 LOG_TAIL_LINES = 20
-# How many of the ports it handed out _free_port remembers; a cluster of 2 workers takes 21.
+# Number of handed-out ports that _free_port remembers. A cluster of 2 workers takes 21.
 RECENT_PORTS = 4096
 
 # Ray resolves 127.0.0.1 and "localhost" to the machine's network address before it
