@@ -315,7 +315,7 @@ def up(backend: str | None, namespace: str | None, **request: Any) -> None:
     """Create a cluster and wait until it is ready.
 
     Ready means, locally, that every worker node has registered, and on KubeRay that
-    the head pod is ready and its dashboard answers (workers may still be starting).
+    the head pod is ready and its dashboard responds (workers may still be starting).
 
     The request is checked against the policy before anything is created. Progress
     goes to stderr; the name, dashboard and start-up time to stdout. Ctrl-C while it

@@ -184,7 +184,7 @@ def connect() -> None:
 def in_memory_dataset(frame: pd.DataFrame) -> ray.data.Dataset:
     """Put ``frame`` into the object store as a dataset of a few blocks of consecutive rows.
 
-    The driver already holds the examples, so they go to the object store as they are.
+    The driver already has the examples in memory, so they go to the object store as they are.
     A Parquet round trip through storage, with its read tasks, took about 3 s on 2 CPUs.
     """
     return ray.data.from_pandas(_blocks(frame, DATASET_BLOCKS))
