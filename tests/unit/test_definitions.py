@@ -1,12 +1,17 @@
 """The code location loads and its schedule targets the right partition."""
 
 import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from training_pipelines.definitions import defs
 from training_pipelines.defs.automation import build_daily_retrain_schedule
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_definitions_load() -> None:
@@ -36,3 +41,23 @@ def test_schedule_runs_previous_day() -> None:
 def test_schedule_rejects_invalid_hour() -> None:
     with pytest.raises(ValueError, match="0..23"):
         build_daily_retrain_schedule(hour_utc=24)
+
+
+def test_daily_job_one_day_per_run_silently() -> None:
+    # A new interpreter, because Dagster warns only when it first loads the code location.
+    script = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from training_pipelines.definitions import defs\n"
+        "    job = defs.resolve_job_def('daily_retrain_job')\n"
+        "print(job.backfill_policy.max_partitions_per_run)\n"
+        "print(*(str(warning.message).splitlines()[0] for warning in caught), sep='\\n')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True, cwd=REPO_ROOT
+    )
+
+    max_partitions, *warning_lines = result.stdout.splitlines()
+    assert max_partitions == "1"
+    assert not [line for line in warning_lines if "BackfillPolic" in line]
