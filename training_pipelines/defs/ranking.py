@@ -333,6 +333,13 @@ def ranking_model_evaluation(
         "baseline": lambda frame: popularity_scores(history, frame["item_id"].to_numpy()),
     }
     champion = storage.read_json(CHAMPION_FILE) if storage.exists(CHAMPION_FILE) else None
+    if champion is not None and champion["partition"] > day.isoformat():
+        # Its training data included the hold-out day, so its score there would be too high.
+        context.log.info(
+            f"Skipped scoring the champion of {champion['partition']}: its training data, up to that day, "
+            f"includes the hold-out day {next_day}"
+        )
+        champion = None
     if champion is not None:
         scorers["champion"] = lambda frame: _score_model(storage, tuple(champion["model_path"]), frame)
     metrics = {name: _holdout_metrics(score, examples, candidates) for name, score in scorers.items()}
