@@ -27,7 +27,7 @@ $(DAGSTER_HOME)/dagster.yaml:
 	printf 'telemetry:\n  enabled: false\n' > $@
 
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m training_pipelines.demo --partition $(PARTITION)
+	$(BIN)/python -m training_pipelines.demo --partition="$(PARTITION)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -208,7 +208,9 @@ def request_options(command: F) -> F:
     options = [
         click.option("--name", default=None, help="Cluster name. [default: ray-<user>-<random>]"),
         click.option(
-            "--ttl", default=None, help="Lifetime, such as 8h, 90m or 1d; capped by the policy. [default: 8h]"
+            "--ttl",
+            default=None,
+            help="Lifetime, such as 8h, 90m or 1d, up to the policy's maximum (72h by default). [default: 8h]",
         ),
         click.option("--team", default=None, help="Team label, for listings and cost reports."),
         click.option("--image", default=None, help="Ray image; must pass the policy's allow-list."),
