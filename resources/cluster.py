@@ -25,7 +25,7 @@ from resources.kuberay.backend import KubeRayCluster, KubeRayClusterInfo, kubern
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
 from resources.kuberay.naming import check_label_value
 from resources.kuberay.policy import Policy, load_policy
-from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster
+from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster, visible_gpus
 from resources.local_registry import LocalRegistry, record_of
 from resources.recorder import HistoryRecorder, open_history
 from resources.spec import ClusterSpec, parse_memory
@@ -57,8 +57,11 @@ CLUSTER_VARIABLES = {
 }
 
 
-def local_gpu_count() -> int:
-    """Count the NVIDIA GPUs that ``nvidia-smi`` lists; 0 when it is not installed or fails."""
+def local_gpu_count(environ: Mapping[str, str] | None = None) -> int:
+    """Count the NVIDIA GPUs that ``nvidia-smi`` lists and ``CUDA_VISIBLE_DEVICES`` leaves visible.
+
+    Returns 0 when ``nvidia-smi`` is not installed or fails.
+    """
     executable = shutil.which("nvidia-smi")
     if executable is None:
         return 0
@@ -66,7 +69,8 @@ def local_gpu_count() -> int:
         output = subprocess.run([executable, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return 0
-    return sum(1 for line in output.splitlines() if line.startswith("GPU "))
+    listed = sum(1 for line in output.splitlines() if line.startswith("GPU "))
+    return min(listed, len(visible_gpus(os.environ if environ is None else environ, needed=listed)))
 
 
 class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +100,17 @@ def _free_port() -> int:
         # A rejected probe stays bound until here, so the next probe gets another port.
         for probe in probes:
             probe.close()
+
+
+def visible_gpus(environ: Mapping[str, str], *, needed: int) -> list[str]:
+    """List the GPU ids this process may use: those of ``CUDA_VISIBLE_DEVICES`` if set, else ``0`` to ``needed - 1``.
+
+    An empty ``CUDA_VISIBLE_DEVICES`` hides every GPU, as it does for CUDA.
+    """
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(device) for device in range(needed)]
+    return [device.strip() for device in listed.split(",") if device.strip()]
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -192,7 +203,7 @@ class LocalRayCluster:
             dashboard_url = f"http://{DASHBOARD_HOST}:{dashboard_port}"
 
             self._on_progress(f"Starting Ray head of {self.name}")
-            self._start_node("head", self._head_args(gcs_port, dashboard_port))
+            self._start_node("head", self._head_args(gcs_port, dashboard_port), env=self._ray_env())
 
             # A worker that starts before the GCS listens times out while registering,
             # so workers start once the GCS port accepts connections, all at once, while
@@ -201,7 +212,9 @@ class LocalRayCluster:
             self._on_progress(f"Starting {self.spec.workers} Ray worker node{'s' if self.spec.workers != 1 else ''}")
             self._gcs_address = gcs_address
             for index in range(self.spec.workers):
-                self._start_node(f"worker-{index}", self._worker_args(index, gcs_address, attempt=1))
+                self._start_node(
+                    f"worker-{index}", self._worker_args(index, gcs_address, attempt=1), env=self._worker_env(index)
+                )
 
             self._wait_for_dashboard(dashboard_url, deadline)
             self._on_progress(f"Ray head is up, dashboard at {dashboard_url}")
@@ -252,6 +265,21 @@ class LocalRayCluster:
                 "RAY_USAGE_STATS_ENABLED": "0",
             }
         )
+        return env
+
+    def _worker_env(self, index: int) -> dict[str, str]:
+        """Return the environment of worker node ``index``, with ``CUDA_VISIBLE_DEVICES`` set to that worker's GPUs.
+
+        Without it, every node on one machine detects all GPUs and assigns the first ones,
+        so two workers would train on one GPU. Ray uses only the devices that
+        ``CUDA_VISIBLE_DEVICES`` lists when its node starts.
+        NOTE: tested without a GPU only, on the environment it returns.
+        """
+        env = self._ray_env()
+        per_worker = self.spec.gpus_per_worker
+        if per_worker > 0:
+            devices = visible_gpus(env, needed=self.spec.workers * per_worker)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[index * per_worker : (index + 1) * per_worker])
         return env
 
     def _common_args(self) -> list[str]:
@@ -320,7 +348,7 @@ class LocalRayCluster:
             self._reaper.kill()
         self._reaper = None
 
-    def _start_node(self, node_name: str, args: list[str], *, attempt: int = 1) -> None:
+    def _start_node(self, node_name: str, args: list[str], *, env: dict[str, str], attempt: int = 1) -> None:
         assert self._work_dir is not None
         assert self._reaper is not None
         assert self._reaper.stdin is not None
@@ -328,7 +356,7 @@ class LocalRayCluster:
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 args,
-                env=self._ray_env(),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -371,6 +399,7 @@ class LocalRayCluster:
             self._start_node(
                 node.name,
                 self._worker_args(index, self._gcs_address, attempt=node.attempt + 1),
+                env=self._worker_env(index),
                 attempt=node.attempt + 1,
             )
             return
