@@ -43,6 +43,14 @@ def _training(smoke: bool) -> dict[str, Any]:
     return training.run(window_days=177, epochs=3, rounds=3, short_window_days=28)
 
 
+def _training_gpu(smoke: bool) -> dict[str, Any]:
+    from benchmarks import training_gpu
+
+    if smoke:
+        return training_gpu.run(window_days=2, epochs=1, rounds=1)
+    return training_gpu.run(window_days=177, epochs=3, rounds=3)
+
+
 def _orphans(smoke: bool) -> dict[str, Any]:
     from benchmarks import orphans
 
@@ -75,6 +83,7 @@ def _backfill(smoke: bool) -> dict[str, Any]:
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "cluster": _cluster,
     "training": _training,
+    "training_gpu": _training_gpu,
     "first_step": _first_step,
     "orphans": _orphans,
     "end_to_end": _end_to_end,
@@ -164,16 +173,15 @@ def render_report(results: dict[str, Any]) -> str:
     for section in results["figures"]:
         doc = (importlib.import_module(f"benchmarks.{section}").__doc__ or "").strip()
         lines += [f"**{section}** (measured {measured.get(section, info['date'])}): {' '.join(doc.split())}", ""]
+    if not results["figures"].get("training_gpu", {}).get("gpus"):
+        lines += ["## Not measured yet", "", "- Training with NCCL on a GPU: this machine has none.", ""]
     lines += [
-        "## Not measured yet",
-        "",
-        "- Training with NCCL on a GPU: this machine has none.",
-        "",
         "## Reproduce",
         "",
         "```sh",
         "make bench                                   # every benchmark, full size (about 25 minutes)",
         ".venv/bin/python -m benchmarks.run --only training",
+        ".venv/bin/python -m benchmarks.run --only training_gpu   # needs a CUDA GPU and torch built for CUDA",
         "```",
         "",
     ]

@@ -1,10 +1,11 @@
 """Ray job of the throughput benchmark: the platform's training loop on one examples file, nothing else.
 
-``python -m benchmarks.throughput_job EXAMPLES_URI RESULT_PATH --workers N --epochs E --batch-size B``
+``python -m benchmarks.throughput_job EXAMPLES_URI RESULT_PATH --workers N --epochs E --batch-size B [--gpu]``
 reads the examples as the pipeline's training job holds them (in memory, handed to Ray
 Data as a few blocks), trains with ``TorchTrainer`` and the pipeline's
-``train_loop_per_worker`` (DistributedDataParallel when N > 1), and writes the
-samples per second of the last epoch, as the training loop reports them.
+``train_loop_per_worker`` (DistributedDataParallel when N > 1; with ``--gpu``, one GPU
+per worker and NCCL), and writes the samples per second of the last epoch, as the
+training loop reports them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--gpu", action="store_true", help="train on one GPU per worker")
     args = parser.parse_args()
 
     examples = pd.read_parquet(args.examples_uri)
@@ -43,7 +45,9 @@ def main() -> None:
             "seed": 0,
             "cpus_per_worker": 1,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=args.workers, resources_per_worker={"CPU": 1}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=args.workers, use_gpu=args.gpu, resources_per_worker={"CPU": 1}
+        ),
         datasets={"train": in_memory_dataset(examples)},
         run_config=ray.train.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-train-")),
     )

@@ -52,33 +52,42 @@ def build_window(*, last_day: dt.date, days: int) -> pd.DataFrame:
     return examples[COLUMNS]
 
 
-def plain_samples_per_s(examples: pd.DataFrame, *, epochs: int) -> float:
-    """Train in one process on tensors already in memory; return the samples per second of the last epoch."""
+def plain_samples_per_s(examples: pd.DataFrame, *, epochs: int, device: str = "cpu") -> float:
+    """Train in one process on tensors already on ``device``; return the samples per second of the last epoch."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = RankingModel(ModelConfig())
+    model = RankingModel(ModelConfig()).to(device)
     optimizer = make_optimizer(model, learning_rate=LEARNING_RATE)
-    tensors = batch_to_tensors({name: examples[name].to_numpy() for name in COLUMNS})
+    tensors = {
+        name: tensor.to(device)
+        for name, tensor in batch_to_tensors({name: examples[name].to_numpy() for name in COLUMNS}).items()
+    }
     generator = torch.Generator().manual_seed(0)
     model.train()
     rate = 0.0
     for _ in range(epochs):
         started = time.perf_counter()
-        order = torch.randperm(len(examples), generator=generator)
+        order = torch.randperm(len(examples), generator=generator).to(device)
         for start in range(0, len(examples), BATCH_SIZE):
             indices = order[start : start + BATCH_SIZE]
             train_step(model, optimizer, {name: tensor[indices] for name, tensor in tensors.items()})
+        if device != "cpu":
+            # GPU kernels run asynchronously: the epoch ends when the last one has finished.
+            torch.cuda.synchronize()
         rate = len(examples) / (time.perf_counter() - started)
     return rate
 
 
-def platform_samples_per_s(dashboard_url: str, examples_uri: str, *, workers: int, epochs: int) -> float:
+def platform_samples_per_s(
+    dashboard_url: str, examples_uri: str, *, workers: int, epochs: int, gpu: bool = False
+) -> float:
     """Run the platform's training loop as a Ray job; return the samples per second it reports for its last epoch."""
     result_path = scratch("bt") / "result.json"
     entrypoint = " ".join(
         [
             shlex.quote(sys.executable), "-m", "benchmarks.throughput_job", shlex.quote(examples_uri),
             shlex.quote(str(result_path)), f"--workers={workers}", f"--epochs={epochs}", f"--batch-size={BATCH_SIZE}",
+            *(["--gpu"] if gpu else []),
         ]
     )  # fmt: skip
     run_job(
@@ -92,7 +101,7 @@ def platform_samples_per_s(dashboard_url: str, examples_uri: str, *, workers: in
     return float(json.loads(result_path.read_text())["samples_per_s"])
 
 
-def _stored_window(days: int) -> tuple[pd.DataFrame, str]:
+def stored_window(days: int) -> tuple[pd.DataFrame, str]:
     """Build the examples of the ``days`` days up to 1998-03-15 and store them for the Ray jobs to read."""
     examples = build_window(last_day=LAST_DAY, days=days)
     examples_uri = str(scratch("bx") / "examples.parquet")
@@ -105,7 +114,7 @@ def run(*, window_days: int, epochs: int, rounds: int, short_window_days: int | 
 
     With ``short_window_days``, also one worker against plain PyTorch on that shorter window.
     """
-    examples, examples_uri = _stored_window(window_days)
+    examples, examples_uri = stored_window(window_days)
 
     spec = ClusterSpec(workers=2, cpus_per_worker=1, memory_per_worker=1024 * MIB, object_store_memory=256 * MIB)
     cluster = LocalRayCluster(
@@ -132,7 +141,7 @@ def run(*, window_days: int, epochs: int, rounds: int, short_window_days: int | 
             "scaling_2_vs_1_ratio": round(two_vs_one.median_ratio, 3),
         }
         if short_window_days is not None:
-            short, short_uri = _stored_window(short_window_days)
+            short, short_uri = stored_window(short_window_days)
             short_vs_plain = alternate(
                 lambda: platform_samples_per_s(info.dashboard_url, short_uri, workers=1, epochs=epochs),
                 lambda: plain_samples_per_s(short, epochs=epochs),

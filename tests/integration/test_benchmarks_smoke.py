@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.integration
 
@@ -40,5 +41,7 @@ def test_benchmarks_run_in_smoke_mode(tmp_path: Path, no_leaked_ray_processes: N
     )
     for name in expected:
         assert name in figures
+    # Without a CUDA device the GPU benchmark measures nothing and says so.
+    assert results["figures"]["training_gpu"]["gpus"] == torch.cuda.device_count()
     assert results["smoke"] is True
     assert "| figure | value | target |" in (tmp_path / "benchmarks.md").read_text()
