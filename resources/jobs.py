@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,15 @@ LOG_TAIL_LINES = 40
 RECORD_TAIL_LINES = 200
 # How often an observer gets the job's latest log lines while it runs.
 TAIL_REPORT_INTERVAL_S = 10.0
+
+
+# Terminal control sequences, such as the colours Ray puts around each worker's log prefix.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def without_terminal_codes(line: str) -> str:
+    """Remove terminal colour and cursor codes from ``line``, for logs that show text as it is."""
+    return _ANSI_ESCAPE.sub("", line)
 
 
 class JobObserver(Protocol):

@@ -6,7 +6,7 @@ import pytest
 from ray.job_submission import JobStatus
 
 from resources.errors import RayJobError
-from resources.jobs import JOB_POLL_INTERVAL_S, LOG_TAIL_LINES, JobOutcome, run_job
+from resources.jobs import JOB_POLL_INTERVAL_S, LOG_TAIL_LINES, JobOutcome, run_job, without_terminal_codes
 
 JOB_ID = "train-1997-10-01"
 
@@ -266,3 +266,19 @@ def test_interrupt_after_end_skips_stop() -> None:
         run(client, clock, [], sleep=interrupted_sleep)
 
     assert client.stopped == []
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "\x1b[36m(RayTrainWorker pid=14783)\x1b[0m Moving model to device: cpu",
+            "(RayTrainWorker pid=14783) Moving model to device: cpu",
+        ),
+        ("\x1b[33m(raylet)\x1b[0m \x1b[1;31mWARNING\x1b[0m", "(raylet) WARNING"),
+        ("\x1b[2K\x1b[?25lprogress", "progress"),
+        ("plain [36m text", "plain [36m text"),
+    ],
+)
+def test_terminal_codes_removed(line: str, expected: str) -> None:
+    assert without_terminal_codes(line) == expected
