@@ -2,7 +2,6 @@
 
 import datetime as dt
 import json
-import warnings
 
 import dagster as dg
 
@@ -13,12 +12,6 @@ from training_pipelines.defs.ranking import production_model, ranking_model, ran
 from training_pipelines.defs.ratings import FINGERPRINT_KEY, RATINGS_FOLDER, ratings_daily, ratings_file
 
 LATE_RATINGS_INTERVAL_S = 300
-
-# The job's assets have different backfill policies, so Dagster warns at every load and runs the
-# job one day per run. That is intended, because each day's promotion compares with the champion.
-warnings.filterwarnings(
-    "ignore", message="Asset job daily_retrain_job materializes assets with varying BackfillPolicies"
-)
 
 # The in-process executor runs every step of a run in one process, so the steps
 # share one Ray cluster that the resource starts once and stops when the run ends.
