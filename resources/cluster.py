@@ -20,7 +20,7 @@ from pydantic import Field, PrivateAttr
 
 from resources.errors import InvalidRequestError
 from resources.history import HistoryError, JobHistory, JobRecord, state_dir
-from resources.jobs import JOB_TIMEOUT_S, JobOutcome, run_job, without_terminal_codes
+from resources.jobs import JOB_TIMEOUT_S, JobOutcome, run_job
 from resources.kuberay.backend import KubeRayCluster, KubeRayClusterInfo, kubernetes_api_client
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
 from resources.kuberay.naming import check_label_value
@@ -416,8 +416,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             client,
             entrypoint=entrypoint,
             submission_id=submission_id,
-            # Ray colours each worker's log prefix; the Dagster UI would show the codes as text.
-            on_log_line=lambda line: on_log_line(without_terminal_codes(line)),
+            on_log_line=on_log_line,
             env_vars=env_vars,
             timeout_s=self.job_timeout_s,
             observer=HistoryRecorder(self._job_history(), record),

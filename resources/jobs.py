@@ -79,7 +79,7 @@ def run_job(
     """Submit ``entrypoint``, pass each new log line to ``on_log_line`` and wait for the end.
 
     Unless ``runtime_env`` names a ``working_dir``, the job runs the cluster's own
-    Python environment and no code is uploaded. If the caller is interrupted (run
+    Python environment and no code is uploaded. Log lines lose their terminal codes. If the caller is interrupted (run
     termination raises in the waiting thread, Ctrl-C in a terminal), the job is stopped
     before the interruption propagates.
 
@@ -127,7 +127,10 @@ def run_job(
 
             # A line still being written is passed on once its newline arrives, or at the end.
             complete_up_to = len(logs) if status.is_terminal() else logs.rfind("\n", log_offset) + 1
-            for line in logs[log_offset:complete_up_to].splitlines():
+            for raw_line in logs[log_offset:complete_up_to].splitlines():
+                # Ray colours each worker's log prefix. Dagster's log, error messages and the job
+                # history show text as it is, so the codes would appear there as characters.
+                line = without_terminal_codes(raw_line)
                 tail.append(line)
                 record_tail.append(line)
                 on_log_line(line)

@@ -282,3 +282,21 @@ def test_interrupt_after_end_skips_stop() -> None:
 )
 def test_terminal_codes_removed(line: str, expected: str) -> None:
     assert without_terminal_codes(line) == expected
+
+
+def test_failed_job_tail_without_terminal_codes() -> None:
+    clock = FakeClock()
+    client = FakeJobClient(
+        clock,
+        statuses=[(0.0, JobStatus.RUNNING), (2.0, JobStatus.FAILED)],
+        logs=[(0.0, "\x1b[36m(RayTrainWorker pid=7)\x1b[0m loss nan\n")],
+        message="Job entrypoint command failed with exit code 1",
+    )
+    lines: list[str] = []
+
+    with pytest.raises(RayJobError) as caught:
+        run(client, clock, lines)
+
+    assert lines == ["(RayTrainWorker pid=7) loss nan"]
+    assert "\x1b" not in str(caught.value)
+    assert "(RayTrainWorker pid=7) loss nan" in str(caught.value)
