@@ -43,9 +43,13 @@ def _training(smoke: bool) -> dict[str, Any]:
     return training.run(window_days=177, epochs=3, rounds=3, short_window_days=28)
 
 
-def _training_gpu(smoke: bool) -> dict[str, Any]:
+def _training_gpu(smoke: bool) -> dict[str, Any] | None:
     from benchmarks import training_gpu
 
+    reason = training_gpu.unavailable_reason()
+    if reason is not None:
+        print(f"  skipped: {reason}", flush=True)
+        return None
     if smoke:
         return training_gpu.run(window_days=2, epochs=1, rounds=1)
     return training_gpu.run(window_days=177, epochs=3, rounds=3)
@@ -80,7 +84,8 @@ def _backfill(smoke: bool) -> dict[str, Any]:
     return backfill.run(first=dt.date(1998, 1, 5), days=14, rounds=1)
 
 
-BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
+# Each returns its figures, or None when this machine cannot run it.
+BENCHMARKS: dict[str, Callable[[bool], dict[str, Any] | None]] = {
     "cluster": _cluster,
     "training": _training,
     "training_gpu": _training_gpu,
@@ -173,8 +178,14 @@ def render_report(results: dict[str, Any]) -> str:
     for section in results["figures"]:
         doc = (importlib.import_module(f"benchmarks.{section}").__doc__ or "").strip()
         lines += [f"**{section}** (measured {measured.get(section, info['date'])}): {' '.join(doc.split())}", ""]
-    if not results["figures"].get("training_gpu", {}).get("gpus"):
-        lines += ["## Not measured yet", "", "- Training with NCCL on a GPU: this machine has none.", ""]
+    if "training_gpu" not in results["figures"]:
+        lines += [
+            "## Not measured yet",
+            "",
+            "- Training with NCCL on a GPU (`benchmarks/training_gpu.py`): no run so far had a CUDA device"
+            " and a CUDA build of torch.",
+            "",
+        ]
     lines += [
         "## Reproduce",
         "",
@@ -212,10 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     figures = dict(previous.get("figures", {}))
     # Figures of benchmarks not run this time stay, with the date of the run they come from.
     measured = {name: previous.get("measured", {}).get(name, previous["machine"]["date"]) for name in figures}
+    written = False
     for name in names:
         started = time.perf_counter()
         print(f"Running benchmark {name}...", flush=True)
-        figures[name] = BENCHMARKS[name](args.smoke)
+        measured_figures = BENCHMARKS[name](args.smoke)
+        if measured_figures is None:
+            # The figures of an earlier run, on a machine that could run it, are kept.
+            continue
+        figures[name] = measured_figures
         print(f"  {json.dumps(figures[name])} ({time.perf_counter() - started:.0f} s)", flush=True)
         info = machine()
         measured[name] = info["date"]
@@ -224,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         report_path.write_text(render_report(results))
-    print(f"Wrote {results_path} and {report_path}")
+        written = True
+    print(f"Wrote {results_path} and {report_path}" if written else f"Nothing measured; {results_path} is unchanged")
     return 0
 
 
