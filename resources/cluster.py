@@ -25,7 +25,7 @@ from resources.kuberay.backend import KubeRayCluster, KubeRayClusterInfo, kubern
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
 from resources.kuberay.naming import check_label_value
 from resources.kuberay.policy import Policy, load_policy
-from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster, visible_gpus
+from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster
 from resources.local_registry import LocalRegistry, record_of
 from resources.recorder import HistoryRecorder, open_history
 from resources.spec import ClusterSpec, parse_memory
@@ -60,6 +60,8 @@ CLUSTER_VARIABLES = {
 def local_gpu_count(environ: Mapping[str, str] | None = None) -> int:
     """Count the NVIDIA GPUs that ``nvidia-smi`` lists and ``CUDA_VISIBLE_DEVICES`` leaves visible.
 
+    Like CUDA, the count stops at the first entry of ``CUDA_VISIBLE_DEVICES`` that is
+    neither an index below the number of GPUs nor a prefix of a listed GPU or MIG UUID.
     Returns 0 when ``nvidia-smi`` is not installed or fails.
     """
     executable = shutil.which("nvidia-smi")
@@ -70,7 +72,18 @@ def local_gpu_count(environ: Mapping[str, str] | None = None) -> int:
     except (OSError, subprocess.SubprocessError):
         return 0
     listed = sum(1 for line in output.splitlines() if line.startswith("GPU "))
-    return min(listed, len(visible_gpus(os.environ if environ is None else environ, needed=listed)))
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return listed
+    uuids = re.findall(r"UUID: ((?:GPU|MIG)-[0-9A-Za-z-]+)", output)
+    count = 0
+    for entry in (part.strip() for part in visible.split(",")):
+        is_index = entry.isdigit() and int(entry) < listed
+        is_uuid = entry.startswith(("GPU-", "MIG-")) and any(uuid.startswith(entry) for uuid in uuids)
+        if not (is_index or is_uuid):
+            break
+        count += 1
+    return count
 
 
 class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.errors import ClusterStartError
+from resources.errors import ClusterStartError, InvalidRequestError
 from resources.reaper import GRACE_PERIOD_S, kill_process_groups
 from resources.spec import ClusterSpec
 
@@ -186,10 +186,13 @@ class LocalRayCluster:
         ``node_start_attempts`` starts in all.
 
         Raises:
+            InvalidRequestError: ``CUDA_VISIBLE_DEVICES`` lists fewer GPUs than the workers
+                need; nothing was started.
             ClusterStartError: the head exited, a worker node exited on its last start,
                 or the cluster was not ready within the start timeout. Everything
                 started so far is stopped before it is raised.
         """
+        self._check_gpus_visible()
         started_at = self._clock()
         deadline = started_at + self._start_timeout_s
         try:
@@ -267,11 +270,24 @@ class LocalRayCluster:
         )
         return env
 
+    def _check_gpus_visible(self) -> None:
+        needed = self.spec.workers * self.spec.gpus_per_worker
+        if needed == 0:
+            return
+        visible = visible_gpus(os.environ, needed=needed)
+        if len(visible) < needed:
+            raise InvalidRequestError(
+                "gpus_per_worker",
+                f"{self.spec.workers} workers x {self.spec.gpus_per_worker} GPUs need {needed} GPUs "
+                f"but CUDA_VISIBLE_DEVICES lists {len(visible)} ({os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
+                "List more devices in CUDA_VISIBLE_DEVICES, or ask for fewer GPUs.",
+            )
+
     def _worker_env(self, index: int) -> dict[str, str]:
         """Return the environment of worker node ``index``, with ``CUDA_VISIBLE_DEVICES`` set to that worker's GPUs.
 
-        Without it, every node on one machine detects all GPUs and assigns the first ones,
-        so two workers would train on one GPU. Ray uses only the devices that
+        Without it, every node numbers its GPUs from 0 (``--num-gpus`` turns detection off),
+        so each worker would be given GPU 0. Ray uses only the devices that
         ``CUDA_VISIBLE_DEVICES`` lists when its node starts.
         NOTE: tested without a GPU only, on the environment it returns.
         """

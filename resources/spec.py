@@ -218,8 +218,9 @@ class ClusterSpec:
             raise InvalidRequestError(
                 "gpus_per_worker",
                 f"{self.workers} workers x {self.gpus_per_worker} GPUs need "
-                f"{self.workers * self.gpus_per_worker} GPUs but this machine has {available_gpus}",
-                "Set gpus_per_worker to 0, or run on a backend with GPUs.",
+                f"{self.workers * self.gpus_per_worker} GPUs but this machine has {available_gpus}"
+                " (GPUs that nvidia-smi lists and CUDA_VISIBLE_DEVICES leaves visible)",
+                "Set gpus_per_worker to 0, list more devices in CUDA_VISIBLE_DEVICES, or run on a backend with GPUs.",
             )
 
     def _check_cpus(self, available_cpus: int) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from resources.cluster import local_gpu_count
+from resources.errors import InvalidRequestError
 from resources.local import LocalRayCluster
 from resources.spec import ClusterSpec
 
@@ -71,16 +72,46 @@ def test_cpu_workers_keep_device_setting(tmp_path: Path, monkeypatch: pytest.Mon
     assert all("CUDA_VISIBLE_DEVICES" not in environment for environment in environments)
 
 
+def test_too_few_visible_gpus_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    spec = ClusterSpec(workers=2, cpus_per_worker=1, memory_per_worker=1024**3, gpus_per_worker=1)
+    cluster = LocalRayCluster(name="env", spec=spec, temp_root=str(tmp_path))
+
+    with pytest.raises(InvalidRequestError) as caught:
+        cluster.start()
+
+    assert caught.value.field == "gpus_per_worker"
+    assert "CUDA_VISIBLE_DEVICES lists 1" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("visible", "expected"),
-    [(None, 4), ("1,2", 2), ("", 0), ("0,1,2,3,4,5", 4)],
+    [
+        (None, 4),
+        ("1,2", 2),
+        ("", 0),
+        ("-1", 0),
+        ("NoDevFiles", 0),
+        ("7", 0),
+        ("0,-1,1", 1),
+        ("0,1,2,3,4,5", 4),
+        ("GPU-2, GPU-0", 2),
+        ("GPU-9", 0),
+        ("MIG-a1,MIG-a2", 2),
+    ],
 )
 def test_gpu_count_respects_visible_devices(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, visible: str | None, expected: int
 ) -> None:
-    # A stand-in nvidia-smi that lists four GPUs.
+    # A stand-in nvidia-smi that lists four GPUs, the first one split into two MIG devices.
     script = tmp_path / "nvidia-smi"
-    script.write_text('#!/bin/sh\nfor i in 0 1 2 3; do echo "GPU $i: NVIDIA H200 (UUID: GPU-$i)"; done\n')
+    script.write_text(
+        "#!/bin/sh\n"
+        'for i in 0 1 2 3; do echo "GPU $i: NVIDIA H200 (UUID: GPU-$i)"; done\n'
+        'echo "  MIG 3g.71gb     Device  0: (UUID: MIG-a1)"\n'
+        'echo "  MIG 3g.71gb     Device  1: (UUID: MIG-a2)"\n'
+    )
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     environ = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
