@@ -25,7 +25,7 @@ from resources.kuberay.backend import KubeRayCluster, KubeRayClusterInfo, kubern
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
 from resources.kuberay.naming import check_label_value
 from resources.kuberay.policy import Policy, load_policy
-from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster
+from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster, visible_gpus
 from resources.local_registry import LocalRegistry, record_of
 from resources.recorder import HistoryRecorder, open_history
 from resources.spec import ClusterSpec, parse_memory
@@ -72,12 +72,9 @@ def local_gpu_count(environ: Mapping[str, str] | None = None) -> int:
     except (OSError, subprocess.SubprocessError):
         return 0
     listed = sum(1 for line in output.splitlines() if line.startswith("GPU "))
-    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return listed
     uuids = re.findall(r"UUID: ((?:GPU|MIG)-[0-9A-Za-z-]+)", output)
     count = 0
-    for entry in (part.strip() for part in visible.split(",")):
+    for entry in visible_gpus(os.environ if environ is None else environ, needed=listed):
         is_index = entry.isdigit() and int(entry) < listed
         is_uuid = entry.startswith(("GPU-", "MIG-")) and any(uuid.startswith(entry) for uuid in uuids)
         if not (is_index or is_uuid):

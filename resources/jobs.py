@@ -128,8 +128,8 @@ def run_job(
             # A line still being written is passed on once its newline arrives, or at the end.
             complete_up_to = len(logs) if status.is_terminal() else logs.rfind("\n", log_offset) + 1
             for raw_line in logs[log_offset:complete_up_to].splitlines():
-                # Ray colours each worker's log prefix. Dagster's log, error messages and the job
-                # history show text as it is, so the codes would appear there as characters.
+                # Ray colours each worker's log prefix, and Dagster's log, error messages and the
+                # job history would show the codes as characters.
                 line = without_terminal_codes(raw_line)
                 tail.append(line)
                 record_tail.append(line)

@@ -103,7 +103,7 @@ def _free_port() -> int:
 
 
 def visible_gpus(environ: Mapping[str, str], *, needed: int) -> list[str]:
-    """List the GPU ids this process may use: those of ``CUDA_VISIBLE_DEVICES`` if set, else ``0`` to ``needed - 1``.
+    """List the entries of ``CUDA_VISIBLE_DEVICES``, or ``0`` to ``needed - 1`` when it is unset.
 
     An empty ``CUDA_VISIBLE_DEVICES`` hides every GPU, as it does for CUDA.
     """

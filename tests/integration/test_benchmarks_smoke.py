@@ -42,7 +42,7 @@ def test_benchmarks_run_in_smoke_mode(tmp_path: Path, no_leaked_ray_processes: N
     for name in expected:
         assert name in figures
     if torch.version.cuda is None or torch.cuda.device_count() == 0:
-        # The GPU benchmark says why it was skipped and leaves no figure.
+        # The GPU benchmark prints why it was skipped and adds no figure.
         assert "training_gpu" not in results["figures"]
         assert "skipped:" in completed.stdout
     else:

@@ -17,7 +17,7 @@ HOLDOUT_DAY = "1997-10-02"
 
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory: pytest.TempPathFactory) -> TrainingStorage:
-    """Store the real ratings up to the hold-out day, and an untrained model of three days."""
+    """Store the real ratings up to the hold-out day, and an untrained model for each of three days."""
     storage = TrainingStorage(root=str(tmp_path_factory.mktemp("storage")))
     context = dg.build_asset_context(partition_key_range=dg.PartitionKeyRange("1997-09-20", HOLDOUT_DAY))
     ratings_daily(context, ratings_source=RatingsSource(), storage=storage)
