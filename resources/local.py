@@ -27,7 +27,7 @@ from pathlib import Path
 
 from resources.errors import ClusterStartError, InvalidRequestError
 from resources.reaper import GRACE_PERIOD_S, kill_process_groups
-from resources.spec import ClusterSpec
+from resources.spec import LOCAL_HEAD_MEMORY_BYTES, ClusterSpec
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +328,9 @@ class LocalRayCluster:
             f"--ray-client-server-port={_free_port()}",
             f"--num-cpus={self.spec.head_cpus}",
             "--num-gpus=0",
+            # Without --memory the head advertises the machine's memory, so the cluster's total
+            # exceeds the machine's, and a task that requests memory can be placed on the head.
+            f"--memory={LOCAL_HEAD_MEMORY_BYTES}",
         ]
 
     def _worker_args(self, index: int, gcs_address: str, *, attempt: int) -> list[str]:

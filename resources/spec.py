@@ -13,6 +13,10 @@ MIN_OBJECT_STORE_BYTES = 75 * 1024**2
 # processes when resource isolation is on (ray_constants.DEFAULT_MIN_SYSTEM_RESERVED_MEMORY_BYTES),
 # so a smaller node leaves nothing for tasks. This is the smallest node the platform starts.
 MIN_NODE_MEMORY_BYTES = 512 * 1024**2
+# Logical memory of a head that runs on this machine (the local backend). The head runs job
+# drivers, Ray Train's controller and Ray Data's coordinators, which request no memory. The
+# smallest node size keeps tasks that request more memory on the workers.
+LOCAL_HEAD_MEMORY_BYTES = MIN_NODE_MEMORY_BYTES
 MAX_WORKERS = 256
 
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]i?)?\s*[Bb]?\s*$")
@@ -151,8 +155,12 @@ class ClusterSpec:
 
     @property
     def total_memory(self) -> int:
-        """Memory the cluster requests in bytes: workers plus one object store per node."""
-        return self.workers * (self.memory_per_worker + self.object_store_memory) + self.object_store_memory
+        """Memory in bytes that the cluster takes on one machine: workers, the head and one object store per node."""
+        return (
+            self.workers * (self.memory_per_worker + self.object_store_memory)
+            + LOCAL_HEAD_MEMORY_BYTES
+            + self.object_store_memory
+        )
 
     def validate(
         self,
@@ -207,8 +215,9 @@ class ClusterSpec:
             raise InvalidRequestError(
                 "memory_per_worker",
                 f"{self.workers} workers x ({format_memory(self.memory_per_worker)} + "
-                f"{format_memory(self.object_store_memory)} object store) need "
-                f"{self.total_memory / 1024**3:.1f} GiB but this machine has "
+                f"{format_memory(self.object_store_memory)} object store) and the head "
+                f"({format_memory(LOCAL_HEAD_MEMORY_BYTES)} + {format_memory(self.object_store_memory)}) "
+                f"need {self.total_memory / 1024**3:.1f} GiB but this machine has "
                 f"{available_memory / 1024**3:.1f} GiB",
                 "Lower workers, memory_per_worker or object_store_memory.",
             )

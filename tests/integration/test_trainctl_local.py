@@ -65,12 +65,16 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
         assert any("workers registered" in event["message"] for event in details["events"])
         assert "Nodes:" in run_trainctl(env, "status", "exp-local").stdout
 
-        script = "import os, ray; ray.init(); print(os.environ['GREETING'], int(ray.cluster_resources()['CPU']))"
+        script = (
+            "import os, ray; ray.init(); total = ray.cluster_resources(); "
+            "print(os.environ['GREETING'], int(total['CPU']), int(total['memory']))"
+        )
         ok = run_trainctl(
             env, "submit", "exp-local", "--job-id", "job-ok", "--env", "GREETING=hello", "--", "python", "-c", script
         )
         assert ok.returncode == 0, ok.stderr
-        assert "hello 2" in ok.stdout
+        # The worker's 1Gi and the head's 512Mi, not the machine's memory.
+        assert f"hello 2 {1024**3 + 512 * 1024**2}" in ok.stdout
 
         failed = run_trainctl(
             env, "submit", "exp-local", "--job-id", "job-bad", "--", "python", "-c", "raise SystemExit('boom 42')"

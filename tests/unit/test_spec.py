@@ -98,10 +98,10 @@ def test_valid_spec_passes_validation() -> None:
     spec.validate(available_memory=64 * GIB, available_gpus=2)
 
 
-def test_total_memory_counts_every_object_store() -> None:
+def test_total_memory_counts_the_head_and_every_object_store() -> None:
     spec = make_spec(workers=3, memory_per_worker=2 * GIB, object_store_memory=256 * MIB)
 
-    assert spec.total_memory == 3 * (2 * GIB + 256 * MIB) + 256 * MIB
+    assert spec.total_memory == 3 * (2 * GIB + 256 * MIB) + 512 * MIB + 256 * MIB
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_validate_rejects_memory_above_machine() -> None:
 
     message = str(caught.value)
     assert caught.value.field == "memory_per_worker"
-    assert "17.2 GiB" in message
+    assert "the head (512Mi + 256Mi) need 17.8 GiB" in message
     assert "8.0 GiB" in message
     assert "Lower workers" in message
 
