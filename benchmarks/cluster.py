@@ -26,7 +26,7 @@ from benchmarks.common import (
     wait_until_gone,
 )
 from resources.local import DASHBOARD_HOST, DEFAULT_NODE_IP, LocalRayCluster
-from resources.spec import ClusterSpec
+from resources.spec import LOCAL_HEAD_MEMORY_BYTES, ClusterSpec
 
 RAY = str(Path(sys.executable).parent / "ray")
 MIB = 1024**2
@@ -73,6 +73,7 @@ def bare_start(spec: ClusterSpec, root: Path) -> float:
             RAY, "start", "--head", *common, *_node_ports(), f"--port={gcs_port}", f"--temp-dir={root / 'head'}",
             "--include-dashboard=true", f"--dashboard-host={DASHBOARD_HOST}", f"--dashboard-port={dashboard_port}",
             f"--ray-client-server-port={_port()}", f"--num-cpus={spec.head_cpus}", "--num-gpus=0",
+            f"--memory={LOCAL_HEAD_MEMORY_BYTES}",
         ],
         env=env, check=True, capture_output=True,
     )  # fmt: skip
