@@ -7,7 +7,7 @@ import dagster as dg
 
 from resources.storage import TrainingStorage
 from training_pipelines.data.source import EMPTY_FINGERPRINT, RatingsSource
-from training_pipelines.defs.partitions import daily_partitions, partition_day
+from training_pipelines.defs.partitions import partition_day
 from training_pipelines.defs.ranking import production_model, ranking_model, ranking_model_evaluation
 from training_pipelines.defs.ratings import FINGERPRINT_KEY, RATINGS_FOLDER, ratings_daily, ratings_file
 
@@ -18,7 +18,6 @@ LATE_RATINGS_INTERVAL_S = 300
 daily_retrain_job = dg.define_asset_job(
     "daily_retrain_job",
     selection=dg.AssetSelection.assets(ratings_daily, ranking_model, ranking_model_evaluation, production_model),
-    partitions_def=daily_partitions,
     executor_def=dg.in_process_executor,
     description="Validate a day's ratings, retrain the ranking model on Ray, evaluate it and promote it "
     "if it is better.",

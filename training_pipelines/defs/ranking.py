@@ -16,7 +16,14 @@ from resources.errors import RayJobError
 from resources.storage import TrainingStorage
 from training_pipelines.data.source import RatingsSource
 from training_pipelines.data.validation import SourceError
-from training_pipelines.defs.partitions import FIRST_DAY, LAST_DAY, daily_partitions, days_between, partition_day
+from training_pipelines.defs.partitions import (
+    FIRST_DAY,
+    LAST_DAY,
+    asset_with_backfill_policy,
+    daily_partitions,
+    days_between,
+    partition_day,
+)
 from training_pipelines.defs.ratings import RATINGS_FOLDER, ratings_daily, ratings_file
 from training_pipelines.defs.settings import RankingSettings
 from training_pipelines.ranking.features import LABEL_COLUMN, build_examples, popularity_scores
@@ -114,7 +121,7 @@ class _TrainedDay:
         )
 
 
-@dg.asset(
+@asset_with_backfill_policy(
     partitions_def=daily_partitions,
     deps=[
         dg.AssetDep(

@@ -5,7 +5,14 @@ import dagster as dg
 from resources.storage import TrainingStorage
 from training_pipelines.data.source import RatingsSource, fingerprint_events
 from training_pipelines.data.validation import SourceError
-from training_pipelines.defs.partitions import FIRST_DAY, LAST_DAY, daily_partitions, days_between, partition_day
+from training_pipelines.defs.partitions import (
+    FIRST_DAY,
+    LAST_DAY,
+    asset_with_backfill_policy,
+    daily_partitions,
+    days_between,
+    partition_day,
+)
 
 RATINGS_FOLDER = "ratings_daily"
 FINGERPRINT_KEY = "ratings_fingerprint"
@@ -15,7 +22,7 @@ def ratings_file(day_key: str) -> str:
     return f"{day_key}.parquet"
 
 
-@dg.asset(
+@asset_with_backfill_policy(
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="ratings",
