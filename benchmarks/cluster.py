@@ -9,7 +9,6 @@ floor is SIGKILL to every process of that cluster, found by its temporary folder
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from benchmarks.common import (
     scratch,
     wait_until_gone,
 )
-from resources.local import DASHBOARD_HOST, DEFAULT_NODE_IP, LocalRayCluster
+from resources.local import DASHBOARD_HOST, DEFAULT_NODE_IP, START_TIMEOUT_S, LocalRayCluster, _free_port
 from resources.spec import LOCAL_HEAD_MEMORY_BYTES, ClusterSpec
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -33,9 +32,8 @@ MIB = 1024**2
 
 
 def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind((DEFAULT_NODE_IP, 0))
-        return int(probe.getsockname()[1])
+    # The platform's own port probe, so the floor cannot get one port twice either.
+    return _free_port()
 
 
 def _node_ports() -> list[str]:
@@ -101,6 +99,8 @@ def bare_start(spec: ClusterSpec, root: Path) -> float:
             raise RuntimeError("a bare `ray start --address` failed")
     dashboard_url = f"http://{DASHBOARD_HOST}:{dashboard_port}"
     while _alive_nodes(dashboard_url) < spec.workers + 1:
+        if time.perf_counter() - started > START_TIMEOUT_S:
+            raise RuntimeError(f"the bare cluster of {root} did not register {spec.workers} workers in time")
         time.sleep(0.05)
     return time.perf_counter() - started
 

@@ -55,19 +55,24 @@ def ray_environment(root: Path) -> dict[str, str]:
 
 
 def processes_mentioning(marker: str) -> list[psutil.Process]:
-    """Processes whose command line contains ``marker``, such as a cluster's own temporary folder."""
-    found = []
+    """Processes whose command line contains ``marker`` (a cluster's temporary folder), with their descendants.
+
+    Ray retitles its agents and workers (``ray::DashboardAgent``, ``ray::IDLE``), so
+    their command lines lose the folder; they are found as children of the raylet.
+    """
+    found: dict[int, psutil.Process] = {}
     for process in psutil.process_iter(["cmdline"]):
         try:
             if any(marker in part for part in process.info["cmdline"] or []):
-                found.append(process)
+                found[process.pid] = process
+                found.update((child.pid, child) for child in process.children(recursive=True))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return found
+    return list(found.values())
 
 
 def kill_mentioning(marker: str, *, timeout_s: float = 10.0) -> float:
-    """SIGKILL every process that mentions ``marker`` and return the seconds until all are gone."""
+    """SIGKILL every process found by ``processes_mentioning`` and return the seconds until all are gone."""
     started = time.perf_counter()
     processes = processes_mentioning(marker)
     for process in processes:
@@ -82,7 +87,7 @@ def kill_mentioning(marker: str, *, timeout_s: float = 10.0) -> float:
 
 
 def wait_until_gone(marker: str, *, timeout_s: float = 30.0) -> float:
-    """Wait until no process mentions ``marker``; return the seconds waited."""
+    """Wait until ``processes_mentioning`` finds no process; return the seconds waited."""
     started = time.perf_counter()
     while processes_mentioning(marker):
         if time.perf_counter() - started > timeout_s:
