@@ -6,7 +6,7 @@ import torch
 
 from tests.unit.test_ranking_model import make_examples
 from training_pipelines.ranking.features import LABEL_COLUMN, WEIGHT_COLUMN
-from training_pipelines.training.train_loop import COLUMNS, _ShardCache
+from training_pipelines.training.train_loop import COLUMNS, READ_ROWS, _ShardCache
 
 
 class FakeShard:
@@ -15,9 +15,11 @@ class FakeShard:
     def __init__(self, examples: pd.DataFrame) -> None:
         self.examples = examples
         self.passes = 0
+        self.batch_sizes: list[int] = []
 
     def iter_batches(self, *, batch_size: int, **_: object):  # type: ignore[no-untyped-def]
         self.passes += 1
+        self.batch_sizes.append(batch_size)
         for start in range(0, len(self.examples), batch_size):
             part = self.examples.iloc[start : start + batch_size]
             yield {name: part[name].to_numpy() for name in self.examples.columns}
@@ -46,6 +48,21 @@ def test_later_epochs_reuse_cached_rows() -> None:
     labels = [torch.cat([batch[LABEL_COLUMN] for batch in run]) for run in (first, second, third)]
     assert sorted(labels[0].tolist()) == sorted(labels[1].tolist())
     assert not torch.equal(torch.cat([b["prior_logit"] for b in second]), torch.cat([b["prior_logit"] for b in third]))
+
+
+def test_first_epoch_shuffles_whole_shard() -> None:
+    frame = examples(100)
+    shard = FakeShard(frame)
+    cache = _ShardCache(max_bytes=10**9)
+
+    first = epoch(cache, shard, seed=0)
+
+    assert shard.batch_sizes == [READ_ROWS]
+    assert [len(batch[LABEL_COLUMN]) for batch in first] == [32, 32, 32, 4]
+    trained = torch.cat([batch["prior_logit"] for batch in first])
+    streamed = torch.tensor(frame["item_prior_logit"].to_numpy(), dtype=trained.dtype)
+    assert not torch.equal(trained, streamed)
+    assert torch.equal(trained.sort().values, streamed.sort().values)
 
 
 def test_shard_above_limit_streams_every_epoch() -> None:

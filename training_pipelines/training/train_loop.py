@@ -27,6 +27,8 @@ from training_pipelines.ranking.train_plain import make_optimizer, train_step
 CHECKPOINT_FILE = "state.pt"
 # Largest shard a worker keeps in memory between epochs.
 SHARD_CACHE_BYTES = 512 * 1024**2
+# Rows per read from Ray Data. Training batches are cut from these chunks in memory.
+READ_ROWS = 16384
 COLUMNS = [*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]
 
 # Ray Train tees print() to both the worker's stdout and its logger, so a printed line
@@ -49,11 +51,13 @@ def _warm_start(model: RankingModel, warm_start_path: str, shrink: float) -> Non
 
 
 class _ShardCache:
-    """This worker's shard as tensors in memory, filled during the first epoch and reshuffled each epoch after.
+    """This worker's shard as tensors in memory, read from Ray Data once and reshuffled every epoch.
 
-    Reading through Ray Data costs milliseconds per batch (block fetch, local shuffle
-    buffer, conversion to tensors), which for a small model costs more than the step
-    itself. A shard above ``max_bytes`` is not cached and every epoch streams it again.
+    Reading through Ray Data costs milliseconds per batch (block fetch, conversion to
+    tensors), which for a small model costs more than the step itself. So the shard is
+    read in chunks of ``READ_ROWS`` rows, and training batches are cut from memory in a
+    shuffled order. A shard above ``max_bytes`` is not kept: every epoch reads it again
+    and shuffles the rows within each chunk.
     """
 
     def __init__(self, *, max_bytes: int) -> None:
@@ -64,35 +68,48 @@ class _ShardCache:
     def batches(
         self, shard: Any, *, batch_size: int, seed: int, device: torch.device
     ) -> Iterator[dict[str, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(seed)
         if self._tensors is not None:
-            rows = len(self._tensors[LABEL_COLUMN])
-            order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).to(device)
-            for start in range(0, rows, batch_size):
-                indices = order[start : start + batch_size]
-                yield {name: tensor[indices] for name, tensor in self._tensors.items()}
+            yield from _shuffled_batches(self._tensors, batch_size=batch_size, generator=generator)
             return
 
-        cached: list[dict[str, torch.Tensor]] = []
+        kept: list[dict[str, torch.Tensor]] = []
         kept_bytes = 0
-        for batch in shard.iter_batches(
-            batch_size=batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=4 * batch_size,
-            local_shuffle_seed=seed,
-        ):
-            tensors = batch_to_tensors({name: batch[name] for name in COLUMNS}, device=device)
-            if not self._streaming:
-                cached.append(tensors)
-                kept_bytes += sum(tensor.element_size() * tensor.nelement() for tensor in tensors.values())
-                if kept_bytes > self._max_bytes:
-                    logger.info(
-                        "The shard is above %d bytes, so every epoch reads it through Ray Data", self._max_bytes
-                    )
-                    self._streaming = True
-                    cached = []
-            yield tensors
-        if not self._streaming and cached:
-            self._tensors = {name: torch.cat([batch[name] for batch in cached]) for name in cached[0]}
+        for chunk in shard.iter_batches(batch_size=READ_ROWS, batch_format="numpy"):
+            tensors = batch_to_tensors({name: chunk[name] for name in COLUMNS}, device=device)
+            if self._streaming:
+                yield from _shuffled_batches(tensors, batch_size=batch_size, generator=generator)
+                continue
+            kept.append(tensors)
+            kept_bytes += sum(tensor.element_size() * tensor.nelement() for tensor in tensors.values())
+            if kept_bytes > self._max_bytes:
+                logger.info("The shard is above %d bytes, so every epoch reads it through Ray Data", self._max_bytes)
+                self._streaming = True
+                for part in kept:
+                    yield from _shuffled_batches(part, batch_size=batch_size, generator=generator)
+                kept = []
+        if kept:
+            self._tensors = {name: torch.cat([part[name] for part in kept]) for name in kept[0]}
+            yield from _shuffled_batches(self._tensors, batch_size=batch_size, generator=generator)
+
+
+def _shuffled_batches(
+    tensors: dict[str, torch.Tensor], *, batch_size: int, generator: torch.Generator
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Cut ``tensors`` into batches of ``batch_size`` rows in an order drawn from ``generator``."""
+    rows = len(tensors[LABEL_COLUMN])
+    order = torch.randperm(rows, generator=generator).to(tensors[LABEL_COLUMN].device)
+    for start in range(0, rows, batch_size):
+        indices = order[start : start + batch_size]
+        yield {name: tensor[indices] for name, tensor in tensors.items()}
+
+
+def worker_dataset_name(dataset: str, rank: int) -> str:
+    """Name the part of ``dataset`` that the worker of world rank ``rank`` trains on.
+
+    No slash: Ray Data names a log file after the dataset.
+    """
+    return f"{dataset}-worker-{rank}"
 
 
 def all_reduce(values: list[float], op: str, device: torch.device) -> list[float]:
@@ -200,7 +217,7 @@ def _train_partition(
     """Train one partition's epochs from ``start_epoch`` and return the model's final state."""
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    shard = ray.train.get_dataset_shard(partition["dataset"])
+    shard = ray.train.get_dataset_shard(worker_dataset_name(partition["dataset"], rank))
     batch_size = int(config["batch_size"])
     cache = _ShardCache(max_bytes=int(config.get("shard_cache_bytes", SHARD_CACHE_BYTES)))
     epochs = int(partition["epochs"])
