@@ -68,4 +68,5 @@ def run(*, first: dt.date, days: int, rounds: int) -> dict[str, Any]:
         "backfill_shared_s": round(sorted(pair.ours)[len(pair.ours) // 2], 1),
         "backfill_separate_s": round(sorted(pair.floor)[len(pair.floor) // 2], 1),
         "backfill_shared_vs_separate_ratio": round(pair.median_ratio, 3),
+        "backfill_rounds": rounds,
     }

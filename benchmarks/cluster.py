@@ -21,6 +21,7 @@ from benchmarks.common import (
     kill_mentioning,
     processes_mentioning,
     ray_environment,
+    run_checked,
     scratch,
     wait_until_gone,
 )
@@ -66,14 +67,14 @@ def bare_start(spec: ClusterSpec, root: Path) -> float:
         f"--object-store-memory={spec.object_store_memory}",
     ]
     started = time.perf_counter()
-    subprocess.run(
+    run_checked(
         [
             RAY, "start", "--head", *common, *_node_ports(), f"--port={gcs_port}", f"--temp-dir={root / 'head'}",
             "--include-dashboard=true", f"--dashboard-host={DASHBOARD_HOST}", f"--dashboard-port={dashboard_port}",
             f"--ray-client-server-port={_port()}", f"--num-cpus={spec.head_cpus}", "--num-gpus=0",
             f"--memory={LOCAL_HEAD_MEMORY_BYTES}",
         ],
-        env=env, check=True, capture_output=True,
+        env=env,
     )  # fmt: skip
     workers = [
         subprocess.Popen(

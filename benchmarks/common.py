@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import statistics
+import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -57,8 +59,8 @@ def ray_environment(root: Path) -> dict[str, str]:
 def processes_mentioning(marker: str) -> list[psutil.Process]:
     """Processes whose command line contains ``marker`` (a cluster's temporary folder), with their descendants.
 
-    Ray retitles its agents and workers (``ray::DashboardAgent``, ``ray::IDLE``), so
-    their command lines lose the folder; they are found as children of the raylet.
+    Ray retitles its agents and workers (``ray::DashboardAgent``, ``ray::IDLE``), so their
+    command lines lose the folder. They are found as descendants of the raylet instead.
     """
     found: dict[int, psutil.Process] = {}
     for process in psutil.process_iter(["cmdline"]):
@@ -102,3 +104,12 @@ def scratch(prefix: str) -> Path:
     Keep ``prefix`` short: Ray's socket paths under the folder must fit in 107 bytes.
     """
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def run_checked(command: Sequence[str], **options: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with its output captured; raise with the output's last lines when it fails."""
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, **options)
+    if completed.returncode != 0:
+        tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-30:])
+        raise RuntimeError(f"{' '.join(command[:3])} ... exited with code {completed.returncode}:\n{tail}")
+    return completed

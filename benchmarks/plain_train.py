@@ -3,7 +3,8 @@
 ``python -m benchmarks.plain_train STORAGE_ROOT PARTITION --window-days N --epochs E OUTPUT`` reads
 the stored ``ratings_daily`` days up to the partition, builds the same training
 examples as the Ray job, trains ``RankingModel`` with ``train_epochs`` and writes the
-model bytes to OUTPUT. No Ray, no Dagster.
+model bytes to OUTPUT. It runs without Ray and outside Dagster, but it reads storage and
+settings through the pipeline's classes, which import Dagster as the Ray job does.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def _training(smoke: bool) -> dict[str, Any]:
     from benchmarks import training
 
     if smoke:
-        return training.run(window_days=2, epochs=1, rounds=1, short_window_days=1)
+        return training.run(window_days=2, epochs=2, rounds=1, short_window_days=1)
     # The whole history up to the benchmark's last day (1997-09-20..1998-03-15), and the default window.
     return training.run(window_days=177, epochs=3, rounds=3, short_window_days=28)
 
@@ -81,7 +81,7 @@ def _backfill(smoke: bool) -> dict[str, Any]:
     if smoke:
         return backfill.run(first=dt.date(1997, 9, 21), days=2, rounds=1)
     # One round: its separate side alone is 14 runs, about 10 minutes on 2 CPUs.
-    return backfill.run(first=dt.date(1998, 1, 5), days=14, rounds=1)
+    return backfill.run(first=dt.date(1998, 1, 5), days=14, rounds=3)
 
 
 # Each returns its figures, or None when this machine cannot run it.
@@ -121,6 +121,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _without_date(info: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in info.items() if key != "date"}
+
+
+def _describe(info: dict[str, Any]) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
+    return f"{info['cpus']} CPUs and {info['memory_gib']} GiB ({info['system']}), Python {info['python']}, {versions}"
+
+
 def _verdict(name: str, value: Any) -> str:
     if name not in TARGETS or not isinstance(value, int | float):
         return ""
@@ -143,7 +152,7 @@ def _e2e_floor(figures: dict[str, dict[str, Any]]) -> list[str]:
         "",
         f"A bare Ray cluster alone takes {bare_ready_s:.1f} s to start here (`bare_ready_s`), which is"
         f" {bare_ready_s / plain_s:.1f} times the whole plain script ({plain_s:.1f} s).",
-        "A run that starts its own cluster then still waits for Ray Train's workers and Ray Data's split"
+        "A run that starts its own cluster then still waits for Ray Train's workers and Ray Data's first batch"
         f" before its first step (`first_step_bare_s`: {first_step_s:.1f} s for the benchmark's driver).",
         "So on this machine no run that starts a cluster gets `e2e_vs_plain_ratio` near 1.5.",
         "A backfill run shares the cluster and the job's start among up to 14 days"
@@ -154,7 +163,6 @@ def _e2e_floor(figures: dict[str, dict[str, Any]]) -> list[str]:
 def render_report(results: dict[str, Any]) -> str:
     """Write the Markdown page of ``results``."""
     info = results["machine"]
-    versions = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
     lines = [
         "# Benchmarks",
         "",
@@ -162,9 +170,9 @@ def render_report(results: dict[str, Any]) -> str:
         "one run: each pair runs alternately, and a ratio is the median of the pairwise ratios.",
         "This page and `benchmarks/results.json` are written by `make bench`; edit the code, not the page.",
         "",
-        f"Measured on {info['cpus']} CPUs and {info['memory_gib']} GiB ({info['system']}),",
-        f"Python {info['python']}, {versions}.",
-        f"Last run {info['date']}; each benchmark below gives the date of the run its figures come from.",
+        f"Measured on {_describe(info)}.",
+        f"Last run {info['date']}. Each benchmark below gives the date of the run its figures come from,",
+        "and its machine where that differs.",
         "",
         "| figure | value | target |",
         "| --- | --- | --- |",
@@ -175,9 +183,13 @@ def render_report(results: dict[str, Any]) -> str:
     lines += _e2e_floor(results["figures"])
     lines += ["", "## What each benchmark measures", ""]
     measured = results.get("measured", {})
+    machines = results.get("machines", {})
     for section in results["figures"]:
         doc = (importlib.import_module(f"benchmarks.{section}").__doc__ or "").strip()
-        lines += [f"**{section}** (measured {measured.get(section, info['date'])}): {' '.join(doc.split())}", ""]
+        where = machines.get(section, _without_date(info))
+        elsewhere = "" if where == _without_date(info) else f" on {_describe(where)}"
+        when = measured.get(section, info["date"])
+        lines += [f"**{section}** (measured {when}{elsewhere}): {' '.join(doc.split())}", ""]
     if "training_gpu" not in results["figures"]:
         lines += [
             "## Not measured yet",
@@ -190,7 +202,7 @@ def render_report(results: dict[str, Any]) -> str:
         "## Reproduce",
         "",
         "```sh",
-        "make bench                                   # every benchmark, full size (about 25 minutes)",
+        "make bench                                   # every benchmark, full size (about 45 minutes)",
         ".venv/bin/python -m benchmarks.run --only training",
         ".venv/bin/python -m benchmarks.run --only training_gpu   # needs a CUDA GPU and torch built for CUDA",
         "```",
@@ -223,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = dict(previous.get("figures", {}))
     # Figures of benchmarks not run this time stay, with the date of the run they come from.
     measured = {name: previous.get("measured", {}).get(name, previous["machine"]["date"]) for name in figures}
+    machines = {name: previous.get("machines", {}).get(name, _without_date(previous["machine"])) for name in figures}
     written = False
     for name in names:
         started = time.perf_counter()
@@ -235,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {json.dumps(figures[name])} ({time.perf_counter() - started:.0f} s)", flush=True)
         info = machine()
         measured[name] = info["date"]
+        machines[name] = _without_date(info)
         # Written after each benchmark, so that one that fails late keeps the figures of the others.
-        results = {"machine": info, "smoke": args.smoke, "figures": figures, "measured": measured}
+        results = {"machine": info, "smoke": args.smoke, "figures": figures, "measured": measured, "machines": machines}
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         report_path.write_text(render_report(results))

@@ -30,6 +30,7 @@ def test_benchmarks_run_in_smoke_mode(tmp_path: Path, no_leaked_ray_processes: N
         "ready_vs_bare_ratio",
         "teardown_s",
         "throughput_vs_plain_ratio",
+        "last_epoch_vs_plain_ratio",
         "scaling_2_vs_1_ratio",
         "short_window_vs_plain_ratio",
         "first_step_vs_bare_ratio",
@@ -41,6 +42,8 @@ def test_benchmarks_run_in_smoke_mode(tmp_path: Path, no_leaked_ray_processes: N
     )
     for name in expected:
         assert name in figures
+    # The sampler found the Ray Train workers by their process titles.
+    assert results["figures"]["end_to_end"]["worker_peak_rss_mb"] > 0
     if torch.version.cuda is None or torch.cuda.device_count() == 0:
         # The GPU benchmark prints why it was skipped and adds no figure.
         assert "training_gpu" not in results["figures"]
