@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -280,7 +281,9 @@ class JobHistory:
     def _error(self, action: str, err: BaseException, fix: str = _DEFAULT_FIX) -> HistoryError:
         cause = str(err.orig) if isinstance(err, DBAPIError) else str(err)
         if self._url.password:
-            cause = cause.replace(str(self._url.password), "***")
+            # Whole words only: a short password such as "p" would otherwise mask letters of other words.
+            password = re.escape(str(self._url.password))
+            cause = re.sub(rf"(?<![A-Za-z0-9]){password}(?![A-Za-z0-9])", "***", cause)
         return HistoryError(f"Could not {action} the job history at {self.url}: {cause}. {fix}.")
 
     @contextlib.contextmanager

@@ -458,6 +458,23 @@ def test_error_hides_password_quoted_by_driver(monkeypatch: pytest.MonkeyPatch) 
     assert "postgresql://user:***@127.0.0.1:1/db" in message
 
 
+def test_error_hides_short_password_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    driver_error = Exception('No module named "psycopg2"; password "p" for user "u"')
+
+    def fail_to_create_engine(url: sa.URL) -> sa.Engine:
+        raise sa.exc.OperationalError("connect", {}, driver_error)
+
+    monkeypatch.setattr(history_module, "_create_engine", fail_to_create_engine)
+
+    with pytest.raises(HistoryError) as raised:
+        JobHistory("postgresql://u:p@127.0.0.1:1/db")
+
+    message = str(raised.value)
+    assert 'No module named "psycopg2"' in message
+    assert 'password "***" for user' in message
+    assert "postgresql://u:***@127.0.0.1:1/db" in message
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("psycopg2") is not None,
     reason="psycopg2 is installed, so the engine would try to connect instead of failing at import",
