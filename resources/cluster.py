@@ -23,7 +23,7 @@ from resources.history import HistoryError, JobHistory, JobRecord, state_dir
 from resources.jobs import JOB_TIMEOUT_S, JobOutcome, run_job
 from resources.kuberay.backend import KubeRayCluster, KubeRayClusterInfo, kubernetes_api_client
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
-from resources.kuberay.naming import check_label_value
+from resources.kuberay.naming import check_api_url, check_label_value, check_namespace
 from resources.kuberay.policy import Policy, load_policy
 from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster, visible_gpus
 from resources.local_registry import LocalRegistry, record_of
@@ -183,8 +183,9 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
                 try:
                     settings[field] = kind(env[variable])
                 except ValueError as err:
+                    expected = "a whole number" if kind is int else "a number"
                     raise InvalidRequestError(
-                        variable, f"{env[variable]!r} is not a number", "Set it to a number such as 2."
+                        variable, f"{env[variable]!r} is not {expected}", f"Set it to {expected} such as 2."
                     ) from err
             else:
                 settings[field] = env[variable]
@@ -254,6 +255,9 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             ttl_minutes=self._ttl_minutes(),
         )
         request.validate()
+        check_namespace(self.namespace, field="namespace")
+        if self.kube_api_url is not None:
+            check_api_url(self.kube_api_url, field="kube_api_url")
         return request
 
     def _ttl_minutes(self) -> int:

@@ -40,7 +40,7 @@ from resources.kuberay.port_forward import PortForward, kubernetes_connector
 from resources.local_keeper import spec_arguments
 from resources.local_registry import LocalClusterRecord, LocalRegistry
 from resources.reaper import kill_process_groups
-from resources.spec import ClusterSpec, parse_memory
+from resources.spec import LOCAL_HEAD_MEMORY_BYTES, ClusterSpec, parse_memory
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +289,8 @@ def _local_summary(record: LocalClusterRecord, *, ready_workers: int | None) -> 
         workers_desired=record.workers,
         cpus=Decimal(record.head_cpus + record.workers * record.cpus_per_worker),
         gpus=record.workers * record.gpus_per_worker,
-        memory=record.workers * record.memory_per_worker,
+        # The head counts, as its CPUs do and as it does on KubeRay.
+        memory=LOCAL_HEAD_MEMORY_BYTES + record.workers * record.memory_per_worker,
         team=record.team,
         owner=record.owner,
         run_id=record.run_id,

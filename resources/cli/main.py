@@ -171,7 +171,13 @@ def _settings(backend: str | None, namespace: str | None) -> RayClusterResource:
         environ["RAY_BACKEND"] = backend
     if namespace:
         environ["KUBERAY_NAMESPACE"] = namespace
-    return RayClusterResource.from_env(environ)
+    try:
+        return RayClusterResource.from_env(environ)
+    except InvalidRequestError as err:
+        if namespace and err.field == "KUBERAY_NAMESPACE":
+            # The value came from --namespace, so the error names the option.
+            raise InvalidRequestError("namespace", err.problem, err.fix) from err
+        raise
 
 
 def _clusters(backend: str | None, namespace: str | None) -> Clusters:

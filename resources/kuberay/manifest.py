@@ -19,9 +19,9 @@ import yaml
 from resources.errors import InvalidRequestError
 from resources.kuberay.naming import (
     MAX_CLUSTER_NAME_LENGTH,
+    check_namespace,
     cluster_name,
     is_dns1035_label,
-    is_dns1123_label,
     label_value,
 )
 from resources.kuberay.policy import Policy, apply_policy
@@ -115,12 +115,7 @@ class RunContext:
                 f"{self.name!r} is not a valid RayCluster name",
                 f"Use lowercase letters, digits and '-', a letter first, at most {MAX_CLUSTER_NAME_LENGTH} characters.",
             )
-        if not isinstance(self.namespace, str) or not is_dns1123_label(self.namespace):
-            raise InvalidRequestError(
-                "namespace",
-                f"{self.namespace!r} is not a valid namespace name",
-                "Use lowercase letters, digits and '-', at most 63 characters.",
-            )
+        check_namespace(self.namespace, field="namespace")
         if self.owner_job is not None and not (self.owner_job.name and self.owner_job.uid):
             raise InvalidRequestError(
                 "owner_job", f"needs a name and a uid, got {self.owner_job!r}", "Pass both or None."

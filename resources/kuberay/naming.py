@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import urllib.parse
 
 from resources.errors import InvalidRequestError
 
@@ -62,6 +63,27 @@ def is_qualified_name(value: str) -> bool:
 def is_label_value(value: str) -> bool:
     """Check whether ``value`` is a valid label value. The empty string is valid."""
     return value == "" or (len(value) <= MAX_LABEL_VALUE_LENGTH and _LABEL_VALUE.fullmatch(value) is not None)
+
+
+def check_namespace(value: object, *, field: str) -> None:
+    """Raise ``InvalidRequestError`` naming ``field`` unless ``value`` is a valid namespace name."""
+    if not isinstance(value, str) or not is_dns1123_label(value):
+        raise InvalidRequestError(
+            field,
+            f"{value!r} is not a valid namespace name",
+            "Use lowercase letters, digits and '-', at most 63 characters.",
+        )
+
+
+def check_api_url(value: str, *, field: str) -> None:
+    """Raise ``InvalidRequestError`` naming ``field`` unless ``value`` is an http or https URL with a host."""
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InvalidRequestError(
+            field,
+            f"{value!r} is not an http or https URL",
+            "Use the address of the API server or of `kubectl proxy`, such as 'http://127.0.0.1:8001'.",
+        )
 
 
 def check_label_value(value: object, *, field: str) -> None:

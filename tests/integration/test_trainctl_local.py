@@ -55,6 +55,8 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
         assert (cluster["workers_ready"], cluster["workers_desired"]) == (1, 1)
         assert 2 * 3600 - 120 < cluster["time_left_s"] <= 2 * 3600
         assert cluster["state"] == "ready"
+        # The head's 512Mi and the worker's 1Gi, as Ray reports them.
+        assert cluster["memory_bytes"] == 1024**3 + 512 * 1024**2
         assert "exp-local" in run_trainctl(env, "list").stdout
 
         status = run_trainctl(env, "status", "exp-local", "-o", "json")

@@ -27,6 +27,9 @@ def test_variables_set_cluster_fields() -> None:
         ("RAY_WORKERS", "0"),
         ("RAY_WORKERS", "two"),
         ("KUBERAY_TEMPLATE", "tpu"),
+        ("KUBERAY_NAMESPACE", "Bad NS"),
+        ("KUBE_API_URL", "notaurl"),
+        ("KUBE_API_URL", "ftp://127.0.0.1:8001"),
         ("RAY_CPUS_PER_WORKER", "-1"),
         ("RAY_MEMORY_PER_WORKER", "lots"),
         ("RAY_OBJECT_STORE_MEMORY", "1Ki"),
@@ -35,7 +38,7 @@ def test_variables_set_cluster_fields() -> None:
 )
 def test_invalid_variable_is_named(variable: str, value: str) -> None:
     environ = {variable: value}
-    if variable.startswith("KUBERAY_"):
+    if variable.startswith("KUBE"):
         environ["RAY_BACKEND"] = "kuberay"
 
     with pytest.raises(InvalidRequestError) as raised:
@@ -43,6 +46,14 @@ def test_invalid_variable_is_named(variable: str, value: str) -> None:
 
     assert raised.value.field == variable
     assert value in str(raised.value)
+
+
+def test_fractional_cpus_need_whole_number() -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        build_resources({"RAY_CPUS_PER_WORKER": "0.5"})
+
+    assert raised.value.field == "RAY_CPUS_PER_WORKER"
+    assert "'0.5' is not a whole number" in str(raised.value)
 
 
 @pytest.mark.parametrize("value", ["abc", "24", "-1", ""])
