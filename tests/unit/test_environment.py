@@ -34,6 +34,8 @@ def test_variables_set_cluster_fields() -> None:
         ("RAY_MEMORY_PER_WORKER", "lots"),
         ("RAY_OBJECT_STORE_MEMORY", "1Ki"),
         ("RAY_BACKEND", "k8s"),
+        ("TRAINING_STORAGE_ROOT", "ftp://127.0.0.1/outputs"),
+        ("RATINGS_EVENTS_URI", "http://127.0.0.1/events.parquet"),
     ],
 )
 def test_invalid_variable_is_named(variable: str, value: str) -> None:
@@ -46,6 +48,15 @@ def test_invalid_variable_is_named(variable: str, value: str) -> None:
 
     assert raised.value.field == variable
     assert value in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "root", ["/srv/outputs", "relative/outputs", "file:///srv/outputs", "s3://bucket/ml", "gs://b/ml"]
+)
+def test_storage_roots_accepted(root: str) -> None:
+    resources = build_resources({"TRAINING_STORAGE_ROOT": root})
+
+    assert resources["storage"].root == root  # type: ignore[attr-defined]
 
 
 def test_fractional_cpus_need_whole_number() -> None:

@@ -9,6 +9,7 @@ local processes. A deployment sets the variables below (for example through
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 
 from resources.cluster import RayClusterResource
@@ -36,6 +37,20 @@ def retrain_hour(environ: Mapping[str, str] | None = None) -> int:
     return int(value)
 
 
+# The storage that docs/configuration.md lists: local paths (also as file://), S3 and Google Cloud Storage.
+STORAGE_SCHEMES = ("", "file", "s3", "gs")
+
+
+def _check_storage_scheme(variable: str, value: str) -> None:
+    scheme = urllib.parse.urlsplit(value).scheme if "://" in value else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise InvalidRequestError(
+            variable,
+            f"{value!r} uses the scheme {scheme!r}, which the platform does not support",
+            "Use a local path, s3://bucket/prefix or gs://bucket/prefix.",
+        )
+
+
 def build_resources(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """Build the resources from ``environ`` (the process environment when ``None``).
 
@@ -47,6 +62,8 @@ def build_resources(environ: Mapping[str, str] | None = None) -> dict[str, objec
         InvalidRequestError: naming the variable whose value is invalid.
     """
     env = os.environ if environ is None else environ
+    for variable in ("TRAINING_STORAGE_ROOT", "RATINGS_EVENTS_URI", "RATINGS_USERS_URI", "RATINGS_ITEMS_URI"):
+        _check_storage_scheme(variable, env.get(variable, ""))
     return {
         "storage": TrainingStorage(root=env.get("TRAINING_STORAGE_ROOT", DEFAULT_STORAGE_ROOT)),
         "ratings_source": RatingsSource(
