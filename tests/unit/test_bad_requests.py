@@ -512,6 +512,16 @@ def test_ratings_partition_outside_data(
     assert not (tmp_path / "storage").exists()
 
 
+def test_reversed_ratings_range_rejected(storage: TrainingStorage, tmp_path: Path) -> None:
+    context = dg.build_asset_context(partition_key_range=dg.PartitionKeyRange("1998-04-10", "1998-04-01"))
+
+    with pytest.raises(SourceError) as caught:
+        ratings_daily(context, ratings_source=RatingsSource(), storage=storage)
+
+    assert_names_field(caught.value, "partition", "Give the earlier day first: 1998-04-01...1998-04-10")
+    assert not (tmp_path / "storage").exists()
+
+
 def test_unknown_partition_rejected_by_dagster(storage: TrainingStorage, tmp_path: Path) -> None:
     with pytest.raises(dg.DagsterUnknownPartitionError, match="1999-01-01"):
         dg.materialize(

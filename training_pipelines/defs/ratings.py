@@ -38,6 +38,12 @@ def ratings_daily(
     """
     first = partition_day(context.partition_key_range.start)
     last = partition_day(context.partition_key_range.end)
+    if first > last:
+        raise SourceError(
+            "partition",
+            f"the range {first}...{last} ends before it starts",
+            f"Give the earlier day first: {last}...{first}",
+        )
     if first < FIRST_DAY or last > LAST_DAY:
         raise SourceError(
             "partition",
