@@ -204,6 +204,7 @@ class LocalRayCluster:
             dashboard_port = _free_port()
             gcs_address = f"{self._node_ip}:{gcs_port}"
             dashboard_url = f"http://{DASHBOARD_HOST}:{dashboard_port}"
+            self._gcs_address = gcs_address
 
             self._on_progress(f"Starting Ray head of {self.name}")
             self._start_node("head", self._head_args(gcs_port, dashboard_port), env=self._ray_env())
@@ -213,7 +214,6 @@ class LocalRayCluster:
             # the head's dashboard is still starting.
             self._wait_for_port(self._node_ip, gcs_port, deadline)
             self._on_progress(f"Starting {self.spec.workers} Ray worker node{'s' if self.spec.workers != 1 else ''}")
-            self._gcs_address = gcs_address
             for index in range(self.spec.workers):
                 self._start_node(
                     f"worker-{index}", self._worker_args(index, gcs_address, attempt=1), env=self._worker_env(index)
@@ -268,6 +268,11 @@ class LocalRayCluster:
                 "RAY_USAGE_STATS_ENABLED": "0",
             }
         )
+        # Ray's State API, which Ray Train's placement group cleaner calls inside the cluster,
+        # finds its cluster through RAY_ADDRESS. Without it, the API looked for running clusters
+        # and failed with "Found multiple active Ray instances" when this machine ran two.
+        assert self._gcs_address is not None
+        env["RAY_ADDRESS"] = self._gcs_address
         return env
 
     def _check_gpus_visible(self) -> None:

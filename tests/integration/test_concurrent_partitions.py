@@ -43,6 +43,8 @@ def test_two_partitions_at_once(storage_root: Path, no_leaked_ray_processes: Non
 
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-5000:]
+        # Ray's State API inside each cluster found its own cluster, not both.
+        assert "Found multiple active Ray instances" not in output
     clusters = [set(re.findall(r"Starting Ray head of (\S+)", output)) for output in outputs]
     assert all(len(names) == 1 for names in clusters)
     assert clusters[0] != clusters[1]

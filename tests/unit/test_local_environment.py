@@ -17,8 +17,9 @@ def _node_environment(tmp_path: Path) -> dict[str, str]:
     cluster = LocalRayCluster(
         name="env", spec=ClusterSpec(workers=1, cpus_per_worker=1, memory_per_worker=1024**3), temp_root=str(tmp_path)
     )
-    # The folder that start() creates. Nothing is started.
+    # The folder and address that start() sets. Nothing is started.
     cluster._work_dir = tmp_path
+    cluster._gcs_address = "127.0.0.2:50000"
     return cluster._ray_env()
 
 
@@ -29,7 +30,8 @@ def test_preemption_watcher_off_by_default(tmp_path: Path, monkeypatch: pytest.M
     environment = _node_environment(tmp_path)
 
     assert environment[WATCHER] == "0"
-    assert "RAY_ADDRESS" not in environment
+    # The cluster's own address, not the one of the process that starts it.
+    assert environment["RAY_ADDRESS"] == "127.0.0.2:50000"
     assert environment["HOME"] == str(tmp_path / "home")
 
 
@@ -43,6 +45,7 @@ def _worker_environments(tmp_path: Path, *, workers: int, gpus_per_worker: int) 
     spec = ClusterSpec(workers=workers, cpus_per_worker=1, memory_per_worker=1024**3, gpus_per_worker=gpus_per_worker)
     cluster = LocalRayCluster(name="env", spec=spec, temp_root=str(tmp_path))
     cluster._work_dir = tmp_path
+    cluster._gcs_address = "127.0.0.2:50000"
     return [cluster._worker_env(index) for index in range(workers)]
 
 
