@@ -325,6 +325,10 @@ class JobHistory:
     ) -> None:
         """Store the end of a job, replacing an earlier end such as LOST from :meth:`mark_lost`.
 
+        A LOST end does not replace an earlier LOST one: the first says why the job was lost
+        (such as the end of its cluster's lifetime), and a later one from its submitter only
+        that the cluster stopped answering.
+
         Raises:
             ValueError: ``status`` is not in :data:`TERMINAL_STATUSES`, or ``at`` is naive.
         """
@@ -333,8 +337,11 @@ class JobHistory:
         values: dict[str, Any] = {"status": status, "message": message, "ended_at": _utc("at", at)}
         if log_tail is not None:
             values["log_tail"] = _last_lines(log_tail)
+        condition = _jobs.c.job_id == job_id
+        if status == "LOST":
+            condition = sa.and_(condition, _jobs.c.status != "LOST")
         with self._transaction(f"write job {job_id} to") as connection:
-            connection.execute(_jobs.update().where(_jobs.c.job_id == job_id).values(**values))
+            connection.execute(_jobs.update().where(condition).values(**values))
 
     def mark_lost(self, cluster: str, *, message: str, at: datetime.datetime) -> int:
         """Mark every PENDING or RUNNING job of ``cluster`` as LOST and return how many there were."""

@@ -4,7 +4,8 @@
 ``progress <text>`` lines while the cluster starts, then one ``ready <json>`` line.
 From then on the keeper runs on its own: it keeps the cluster running until its lifetime ends, it
 receives SIGTERM (``trainctl down``), or one of the cluster's nodes exits, and in each
-case stops every process of the cluster and removes its record. If the keeper itself
+case stops every process of the cluster and removes its record. When it stops the
+cluster on its own, it first records the end of the cluster's jobs in the job history. If the keeper itself
 is killed, the cluster's watchdog (``resources.reaper``) stops the nodes.
 """
 
@@ -23,10 +24,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from resources.errors import ClusterStartError, PlatformError
+from resources.history import HistoryError
 from resources.local import DEFAULT_NODE_IP, LocalRayCluster
 from resources.local_registry import LocalRegistry, record_of
-from resources.spec import ClusterSpec
+from resources.recorder import open_history, settle_jobs, unfinished_jobs
+from resources.spec import ClusterSpec, format_duration
 
 logger = logging.getLogger("resources.local_keeper")
 
@@ -58,6 +63,9 @@ def _detach_stdout() -> None:
 def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, details: dict[str, Any]) -> int:
     """Start ``cluster``, report it ready, and hold it until it expires, is stopped or loses a node."""
     name = cluster.name
+    info = None
+    # Why the keeper stops the cluster on its own, for the jobs it ends.
+    reason: str | None = None
     try:
         info = cluster.start()
         record = record_of(cluster, dashboard_url=info.dashboard_url, **details)
@@ -73,9 +81,11 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
                 return 0
             lost = cluster.exited_nodes()
             if lost:
-                logger.warning("Stopping %s: Ray %s exited", name, ", ".join(lost))
+                reason = f"Ray {', '.join(lost)} exited"
+                logger.warning("Stopping %s: %s", name, reason)
                 return 1
-        logger.info("Stopping %s: its lifetime of %.0f s has ended", name, ttl_s)
+        reason = f"its lifetime of {format_duration(ttl_s)} ended"
+        logger.info("Stopping %s: %s", name, reason)
         return 0
     except BrokenPipeError:
         logger.warning("Stopping %s: trainctl up exited before the cluster was ready", name)
@@ -88,8 +98,35 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
     except Exception as err:  # noqa: BLE001 - every failure is reported to `trainctl up` before the cluster stops
         return _report_failure(name, err)
     finally:
+        if reason is not None and info is not None:
+            _end_jobs(name, info.dashboard_url, reason)
         cluster.stop()
         registry.remove(name)
+
+
+def _end_jobs(name: str, dashboard_url: str, reason: str) -> None:
+    """Record the jobs of a cluster that stops on its own: their real end where Ray has one, LOST otherwise.
+
+    ``trainctl down`` does the same for a cluster it deletes. Without it, a job whose
+    ``submit`` was killed stayed RUNNING in the history for good.
+    """
+    history = open_history(None, warn=logger.warning)
+    if history is None:
+        return
+    try:
+        unfinished = unfinished_jobs(history, name)
+        if not unfinished:
+            return
+        try:
+            settle_jobs(history, unfinished, dashboard_url)
+        except (ConnectionError, RuntimeError, requests.exceptions.RequestException) as err:
+            logger.warning("The jobs of %s could not be read before it stopped: %s", name, err)
+        lost = history.mark_lost(name, message=f"its cluster stopped because {reason}", at=dt.datetime.now(dt.UTC))
+        logger.info("Marked %d unfinished job(s) of %s LOST", lost, name)
+    except HistoryError as err:
+        logger.warning("The job history was not updated: %s", err)
+    finally:
+        history.close()
 
 
 def _report_failure(name: str, err: Exception) -> int:

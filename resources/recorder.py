@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from resources.history import HistoryError, JobHistory, JobRecord
+from resources.history import LOG_TAIL_LINES, TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +71,34 @@ def open_history(url: str | None, *, warn: Callable[[str], None] | None = None) 
     except HistoryError as err:
         (warn or (lambda message: logger.warning("%s", message)))(f"Jobs are not recorded in the history: {err}")
         return None
+
+
+def unfinished_jobs(history: JobHistory, cluster: str) -> list[JobRecord]:
+    """Return the jobs of ``cluster`` that the history still has as PENDING or RUNNING."""
+    return [record for record in history.list(cluster=cluster, limit=1000) if record.status not in TERMINAL_STATUSES]
+
+
+def settle_jobs(history: JobHistory, records: list[JobRecord], dashboard_url: str) -> None:
+    """Record the real end of ``records`` that Ray has seen finish, and the last log lines of the others.
+
+    A ``submit`` that was killed leaves its job RUNNING in the history. Before a cluster
+    and its Jobs API go, each such job gets its status from Ray and its last log lines.
+
+    Raises:
+        ConnectionError, RuntimeError or requests' errors: the Jobs API did not answer.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard_url)
+    for record in records:
+        info = client.get_job_info(record.job_id)
+        tail = "\n".join(client.get_job_logs(record.job_id).splitlines()[-LOG_TAIL_LINES:])
+        if info.status.is_terminal():
+            ended = _now()
+            if info.end_time:
+                ended = dt.datetime.fromtimestamp(info.end_time / 1000, dt.UTC)
+            history.record_finished(
+                record.job_id, status=str(info.status.value), message=info.message or "", at=ended, log_tail=tail
+            )
+        else:
+            history.record_log_tail(record.job_id, tail)

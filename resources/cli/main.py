@@ -39,13 +39,13 @@ from resources.cli.backends import (
 from resources.cluster import RayClusterResource
 from resources.dashboard import DashboardError, node_usage
 from resources.errors import ClusterStartError, InvalidRequestError, PlatformError, RayJobError
-from resources.history import LOG_TAIL_LINES, TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord, state_dir
+from resources.history import TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord, state_dir
 from resources.jobs import JOB_POLL_INTERVAL_S, run_job
 from resources.kuberay.inventory import ClusterSummary
 from resources.kuberay.lifecycle import ClusterConflictError
 from resources.kuberay.manifest import manifest_to_yaml
 from resources.kuberay.naming import check_label_value
-from resources.recorder import HistoryRecorder, open_history
+from resources.recorder import HistoryRecorder, open_history, settle_jobs, unfinished_jobs
 from resources.spec import format_duration, format_size, parse_duration_minutes, parse_memory
 
 EXIT_OK = 0
@@ -769,35 +769,13 @@ def down(
 
 
 def _settle_jobs(clusters: Clusters, history: JobHistory, name: str) -> None:
-    """Record the real end of the cluster's jobs that no submitter saw finish, and the log of those still running.
-
-    A ``submit`` that was killed leaves its job RUNNING in the history. Before the cluster
-    and its Jobs API go, each such job gets its status from Ray and its last log lines.
-    """
-    from ray.job_submission import JobSubmissionClient
-
-    unfinished = [record for record in history.list(cluster=name, limit=1000) if record.status not in TERMINAL_STATUSES]
+    """Record the real end of the cluster's jobs that no submitter saw finish, and the log of those still running."""
+    unfinished = unfinished_jobs(history, name)
     if not unfinished:
         return
     try:
         with clusters.dashboard(name) as url:
-            client = JobSubmissionClient(url)
-            for record in unfinished:
-                info = client.get_job_info(record.job_id)
-                tail = "\n".join(client.get_job_logs(record.job_id).splitlines()[-LOG_TAIL_LINES:])
-                if info.status.is_terminal():
-                    ended = _now()
-                    if info.end_time:
-                        ended = dt.datetime.fromtimestamp(info.end_time / 1000, dt.UTC)
-                    history.record_finished(
-                        record.job_id,
-                        status=str(info.status.value),
-                        message=info.message or "",
-                        at=ended,
-                        log_tail=tail,
-                    )
-                else:
-                    history.record_log_tail(record.job_id, tail)
+            settle_jobs(history, unfinished, url)
     except (DashboardError, ConnectionError, RuntimeError, requests.exceptions.RequestException) as err:
         _warn(f"the jobs of {name} could not be read before deleting it: {err}")
 

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from resources.cluster import RayClusterResource
+from resources.history import JobHistory, JobRecord
 from tests.integration.conftest import is_running
 from tests.integration.trainctl_helpers import TRAINCTL, run_trainctl, trainctl_env
 
@@ -204,6 +205,13 @@ def test_down_expired_and_keeper_expiry(env: dict[str, str], tmp_path: Path) -> 
 
 
 def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: Path) -> None:
+    # A job that no submitter watches, such as one whose `trainctl submit` was killed.
+    history = JobHistory(env["TRAINING_HISTORY_URL"])
+    unwatched = JobRecord(
+        job_id="job-unwatched", cluster="exp-short", backend="local", entrypoint="python train.py",
+        submitter="alice", origin="manual", submitted_at=dt.datetime.now(dt.UTC), status="RUNNING",
+    )  # fmt: skip
+    history.record_submitted(unwatched)
     registry = tmp_path / "state" / "clusters"
     keeper = subprocess.Popen(
         [
@@ -225,6 +233,11 @@ def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: 
     assert keeper.wait(timeout=60) == 0
     assert time.monotonic() - started < 30
     assert not (registry / "exp-short.json").exists()
+    lost = history.get("job-unwatched")
+    assert lost is not None
+    assert lost.status == "LOST"
+    assert lost.message == "its cluster stopped because its lifetime of 3s ended"
+    history.close()
 
 
 def test_lists_a_run_cluster_and_protects_it(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -240,6 +240,23 @@ def test_mark_lost_only_active_jobs_of_cluster(history: JobHistory) -> None:
     assert history.mark_lost("ranking", message="again", at=at(6)) == 0
 
 
+def test_lost_keeps_first_reason(history: JobHistory) -> None:
+    history.record_submitted(make_record("lost"))
+    history.record_submitted(make_record("finished-late"))
+    history.mark_lost("ranking", message="its cluster stopped because its lifetime of 1m ended", at=at(5))
+
+    history.record_finished("lost", status="LOST", message="the cluster stopped answering", at=at(6))
+    history.record_finished("finished-late", status="SUCCEEDED", message="", at=at(4))
+
+    lost = history.get("lost")
+    assert lost is not None
+    assert lost.message == "its cluster stopped because its lifetime of 1m ended"
+    assert lost.ended_at == at(5)
+    finished = history.get("finished-late")
+    assert finished is not None
+    assert finished.status == "SUCCEEDED"
+
+
 def test_list_filters_order_and_limit(history: JobHistory) -> None:
     from_dagster = {"run_id": "run-1", "origin": "dagster", "submitter": "dagster"}
     history.record_submitted(make_record("a", submitted_at=at(0), **from_dagster))
