@@ -92,9 +92,13 @@ def check_cluster_name(name: str) -> None:
 
 @dataclass(frozen=True)
 class UpRequest:
-    """A cluster asked for on the command line. Memory values are bytes."""
+    """A cluster asked for on the command line. Memory values are bytes.
 
-    template: str
+    ``template`` is None when ``--template`` was not given: KubeRay then takes ``gpu`` for
+    a request with GPUs and ``cpu`` otherwise.
+    """
+
+    template: str | None
     workers: int
     cpus_per_worker: int
     memory_per_worker: int
@@ -166,7 +170,7 @@ class KubeRayClusters:
 
     def _request(self, request: UpRequest) -> tuple[ClusterRequest, RunContext]:
         cluster_request = ClusterRequest(
-            template=request.template,
+            template=request.template or ("gpu" if request.gpus_per_worker > 0 else "cpu"),
             workers=request.workers,
             cpus_per_worker=request.cpus_per_worker,
             memory_per_worker=request.memory_per_worker,
@@ -324,13 +328,13 @@ class LocalClusters:
     def check(self, request: UpRequest) -> None:
         """Validate the request against this machine and the policy's lifetime cap; raises ``InvalidRequestError``."""
         check_cluster_name(request.name)
-        for field, value in (("image", request.image), ("gpu_type", request.gpu_type)):
+        for field, value, problem in (
+            ("template", request.template, "the local backend has no templates: its nodes are processes here"),
+            ("image", request.image, "the local backend runs Ray from this Python environment, not from an image"),
+            ("gpu_type", request.gpu_type, "the local backend uses this machine's own GPUs, whatever their type"),
+        ):
             if value:
-                raise InvalidRequestError(
-                    field,
-                    "the local backend runs Ray from this environment on this machine's own GPUs",
-                    "Leave it out, or use --backend kuberay.",
-                )
+                raise InvalidRequestError(field, problem, "Leave it out, or use --backend kuberay.")
         self._spec(request).validate(
             available_memory=psutil.virtual_memory().total,
             available_gpus=local_gpu_count(),

@@ -103,6 +103,11 @@ def option_for(field: str) -> str:
     return next((option for marker, option in rules if marker in field), field)
 
 
+def _in_options(text: str) -> str:
+    """Replace the request fields that ``text`` names, such as ``gpu_type``, with their options."""
+    return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda found: _OPTION_OF_FIELD.get(found[0], found[0]), text)
+
+
 class CommandError(click.ClickException):
     """An error shown as ``Error: <message>`` with its own exit code."""
 
@@ -123,7 +128,8 @@ def handle_errors(command: F) -> F:
             return command(*args, **kwargs)
         except InvalidRequestError as err:
             raise CommandError(
-                f"{option_for(err.field)}: {err.problem}. {err.fix} Nothing was created.", EXIT_INVALID_REQUEST
+                f"{option_for(err.field)}: {_in_options(err.problem)}. {_in_options(err.fix)} Nothing was created.",
+                EXIT_INVALID_REQUEST,
             ) from err
         except ClusterNotFoundError as err:
             raise CommandError(str(err), EXIT_NOT_FOUND) from err
@@ -267,7 +273,7 @@ def _up_request(
     if team is not None:
         check_label_value(team, field="team")
     return UpRequest(
-        template=template or ("gpu" if gpus_per_worker > 0 else "cpu"),
+        template=template,
         workers=workers,
         cpus_per_worker=cpus,
         memory_per_worker=parse_memory(memory, field="memory_per_worker"),

@@ -231,7 +231,9 @@ class ClusterRequest:
             )
         if self.gpus_per_worker == 0 and self.gpu_type:
             raise InvalidRequestError(
-                "gpu_type", f"is {self.gpu_type!r} but gpus_per_worker is 0", "Set gpus_per_worker or remove gpu_type."
+                "gpu_type",
+                f"the GPU type is {self.gpu_type!r} but gpus_per_worker is 0",
+                "Set gpus_per_worker or remove gpu_type.",
             )
 
 

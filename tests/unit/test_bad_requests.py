@@ -371,10 +371,10 @@ SHARED_OPTION_CASES = [
 KUBERAY_OPTION_CASES = [
     pytest.param(("--workers", "100000"), "--workers", "Ask for at most 32 workers", id="workers-absurd"),
     pytest.param(("--cpus", "65"), "--cpus", "Ask for at most 64 CPUs per worker", id="cpus-policy"),
-    pytest.param(("--memory", "300Gi"), "--memory", "Lower memory_per_worker", id="memory-policy"),
-    pytest.param(("--gpus-per-worker", "1"), "--gpu-type", "Set gpu_type, such as 'l4'.", id="gpus-without-type"),
+    pytest.param(("--memory", "300Gi"), "--memory", "Lower --memory", id="memory-policy"),
+    pytest.param(("--gpus-per-worker", "1"), "--gpu-type", "Set --gpu-type, such as 'l4'.", id="gpus-without-type"),
     pytest.param(("--gpus-per-worker", "1", "--gpu-type", "v100"), "--gpu-type", GPU_TYPES_FIX, id="gpu-type-unknown"),
-    pytest.param(("--gpu-type", "l4"), "--gpu-type", "Set gpus_per_worker", id="gpu-type-without-gpus"),
+    pytest.param(("--gpu-type", "l4"), "--gpu-type", "Set --gpus-per-worker", id="gpu-type-without-gpus"),
     pytest.param(
         ("--template", "cpu", "--gpus-per-worker", "1", "--gpu-type", "l4"),
         "--template",
@@ -389,9 +389,12 @@ KUBERAY_OPTION_CASES = [
 LOCAL_OPTION_CASES = [
     pytest.param(("--workers", "100000"), "--workers", "Ask for at most 256 workers.", id="workers-absurd"),
     pytest.param(("--cpus", "1000000"), "--cpus", "Ask for at most", id="cpus-above-machine"),
-    pytest.param(("--memory", "4096Ti"), "--memory", "Lower workers, memory_per_worker", id="memory-above-machine"),
-    pytest.param(("--gpus-per-worker", "64"), "--gpus-per-worker", "Set gpus_per_worker to 0", id="gpus-above-machine"),
+    pytest.param(("--memory", "4096Ti"), "--memory", "Lower workers, --memory", id="memory-above-machine"),
+    pytest.param(
+        ("--gpus-per-worker", "64"), "--gpus-per-worker", "Set --gpus-per-worker to 0", id="gpus-above-machine"
+    ),
     pytest.param(("--gpu-type", "l4"), "--gpu-type", "Leave it out, or use --backend kuberay.", id="gpu-type"),
+    pytest.param(("--template", "gpu"), "--template", "the local backend has no templates", id="template"),
     pytest.param(
         ("--image", "rayproject/ray:2.60.0"), "--image", "Leave it out, or use --backend kuberay.", id="image"
     ),
@@ -444,7 +447,7 @@ def test_trainctl_local_valid_request_spawns(trainctl_env: dict[str, str], spawn
 def test_trainctl_head_memory_names_variable(trainctl_env: dict[str, str], standin: KubeStandin) -> None:
     code, _, stderr = trainctl({**trainctl_env, "RAY_HEAD_MEMORY": "300Gi"}, "render")
 
-    assert_invalid_request(code, stderr, "RAY_HEAD_MEMORY", "Lower memory_per_worker or head_memory")
+    assert_invalid_request(code, stderr, "RAY_HEAD_MEMORY", "Lower --memory or RAY_HEAD_MEMORY")
     assert "300Gi" in stderr
     assert standin.requests == []
 
