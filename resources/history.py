@@ -325,7 +325,7 @@ class JobHistory:
     ) -> None:
         """Store the end of a job, replacing an earlier end such as LOST from :meth:`mark_lost`.
 
-        A LOST end does not replace an earlier LOST one: the first says why the job was lost
+        A LOST end does not replace an earlier LOST one: the first records why the job was lost
         (such as the end of its cluster's lifetime), and a later one from its submitter only
         that the cluster stopped answering.
 

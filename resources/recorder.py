@@ -85,7 +85,7 @@ def settle_jobs(history: JobHistory, records: list[JobRecord], dashboard_url: st
     and its Jobs API go, each such job gets its status from Ray and its last log lines.
 
     Raises:
-        ConnectionError, RuntimeError or requests' errors: the Jobs API did not answer.
+        ConnectionError, RuntimeError or requests' errors: the Jobs API did not respond.
     """
     from ray.job_submission import JobSubmissionClient
 

@@ -98,7 +98,7 @@ def test_valid_spec_passes_validation() -> None:
     spec.validate(available_memory=64 * GIB, available_gpus=2)
 
 
-def test_total_memory_counts_the_head_and_every_object_store() -> None:
+def test_total_memory_counts_head_and_stores() -> None:
     spec = make_spec(workers=3, memory_per_worker=2 * GIB, object_store_memory=256 * MIB)
 
     assert spec.total_memory == 3 * (2 * GIB + 256 * MIB) + 512 * MIB + 256 * MIB
