@@ -3,7 +3,8 @@
 The floor starts the head with ``ray start --head`` and then every worker with
 ``ray start --address`` at once, with the resources, object store and port settings of
 the platform's nodes, and counts until every worker is registered. Teardown of the
-floor is SIGKILL to every process of that cluster, found by its temporary folder.
+floor is SIGKILL to every process of that cluster: those that name its temporary folder and
+their descendants.
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ def render_report(results: dict[str, Any]) -> str:
         "## Reproduce",
         "",
         "```sh",
-        "make bench                                   # every benchmark, full size (about 45 minutes)",
+        "make bench                                   # every benchmark, full size (about 40 minutes)",
         ".venv/bin/python -m benchmarks.run --only training",
         ".venv/bin/python -m benchmarks.run --only training_gpu   # needs a CUDA GPU and torch built for CUDA",
         "```",
