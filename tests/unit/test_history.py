@@ -458,35 +458,35 @@ def test_error_hides_sqlite_url_password(tmp_path: Path) -> None:
     assert "user:***@" in str(raised.value)
 
 
-def test_error_hides_password_quoted_by_driver(monkeypatch: pytest.MonkeyPatch) -> None:
-    driver_error = Exception('connection to server failed: password "s3cret" rejected')
+def _history_error(monkeypatch: pytest.MonkeyPatch, driver_message: str, url: str) -> str:
+    """Return the HistoryError message of opening ``url`` when the driver fails with ``driver_message``."""
 
     def fail_to_create_engine(url: sa.URL) -> sa.Engine:
-        raise sa.exc.OperationalError("connect", {}, driver_error)
+        raise sa.exc.OperationalError("connect", {}, Exception(driver_message))
 
     monkeypatch.setattr(history_module, "_create_engine", fail_to_create_engine)
-
     with pytest.raises(HistoryError) as raised:
-        JobHistory("postgresql://user:s3cret@127.0.0.1:1/db")
+        JobHistory(url)
+    return str(raised.value)
 
-    message = str(raised.value)
+
+def test_error_hides_password_quoted_by_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _history_error(
+        monkeypatch,
+        'connection to server failed: password "s3cret" rejected',
+        "postgresql://user:s3cret@127.0.0.1:1/db",
+    )
+
     assert "s3cret" not in message
     assert 'password "***" rejected' in message
     assert "postgresql://user:***@127.0.0.1:1/db" in message
 
 
 def test_error_hides_short_password_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    driver_error = Exception('No module named "psycopg2"; password "p" for user "u"')
+    message = _history_error(
+        monkeypatch, 'No module named "psycopg2"; password "p" for user "u"', "postgresql://u:p@127.0.0.1:1/db"
+    )
 
-    def fail_to_create_engine(url: sa.URL) -> sa.Engine:
-        raise sa.exc.OperationalError("connect", {}, driver_error)
-
-    monkeypatch.setattr(history_module, "_create_engine", fail_to_create_engine)
-
-    with pytest.raises(HistoryError) as raised:
-        JobHistory("postgresql://u:p@127.0.0.1:1/db")
-
-    message = str(raised.value)
     assert 'No module named "psycopg2"' in message
     assert 'password "***" for user' in message
     assert "postgresql://u:***@127.0.0.1:1/db" in message

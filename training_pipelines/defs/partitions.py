@@ -39,7 +39,7 @@ def asset_with_backfill_policy(
 
     Dagster marks ``backfill_policy`` as beta and warns on every load of the code location.
     pyproject.toml pins the Dagster version, and the tests run multi-day backfills with it,
-    so the notice tells users nothing they can act on.
+    so users can do nothing about the notice.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings(

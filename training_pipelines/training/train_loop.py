@@ -73,23 +73,23 @@ class _ShardCache:
             yield from _shuffled_batches(self._tensors, batch_size=batch_size, generator=generator)
             return
 
-        kept: list[dict[str, torch.Tensor]] = []
-        kept_bytes = 0
+        chunks: list[dict[str, torch.Tensor]] = []
+        chunk_bytes = 0
         for chunk in shard.iter_batches(batch_size=READ_ROWS, batch_format="numpy"):
             tensors = batch_to_tensors({name: chunk[name] for name in COLUMNS}, device=device)
             if self._streaming:
                 yield from _shuffled_batches(tensors, batch_size=batch_size, generator=generator)
                 continue
-            kept.append(tensors)
-            kept_bytes += sum(tensor.element_size() * tensor.nelement() for tensor in tensors.values())
-            if kept_bytes > self._max_bytes:
+            chunks.append(tensors)
+            chunk_bytes += sum(tensor.element_size() * tensor.nelement() for tensor in tensors.values())
+            if chunk_bytes > self._max_bytes:
                 logger.info("The shard is above %d bytes, so every epoch reads it through Ray Data", self._max_bytes)
                 self._streaming = True
-                for part in kept:
+                for part in chunks:
                     yield from _shuffled_batches(part, batch_size=batch_size, generator=generator)
-                kept = []
-        if kept:
-            self._tensors = {name: torch.cat([part[name] for part in kept]) for name in kept[0]}
+                chunks = []
+        if chunks:
+            self._tensors = {name: torch.cat([part[name] for part in chunks]) for name in chunks[0]}
             yield from _shuffled_batches(self._tensors, batch_size=batch_size, generator=generator)
 
 
