@@ -2,11 +2,13 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
+import training_pipelines.training.train_loop as train_loop
 from tests.unit.test_ranking_model import make_examples
 from training_pipelines.ranking.features import LABEL_COLUMN, WEIGHT_COLUMN
-from training_pipelines.training.train_loop import COLUMNS, READ_ROWS, _ShardCache
+from training_pipelines.training.train_loop import COLUMNS, READ_ROWS, _ShardCache, read_rows
 
 
 class FakeShard:
@@ -16,12 +18,14 @@ class FakeShard:
         self.examples = examples
         self.passes = 0
         self.batch_sizes: list[int] = []
+        self.chunks_read = 0
 
     def iter_batches(self, *, batch_size: int, **_: object):  # type: ignore[no-untyped-def]
         self.passes += 1
         self.batch_sizes.append(batch_size)
         for start in range(0, len(self.examples), batch_size):
             part = self.examples.iloc[start : start + batch_size]
+            self.chunks_read += 1
             yield {name: part[name].to_numpy() for name in self.examples.columns}
 
 
@@ -74,3 +78,29 @@ def test_shard_above_limit_streams_every_epoch() -> None:
 
     assert shard.passes == 2
     assert rows == 100
+
+
+def test_first_epoch_trains_before_the_next_chunk_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_loop, "READ_ROWS", 100)
+    frame = examples(250)
+    shard = FakeShard(frame)
+    cache = _ShardCache(max_bytes=10**9)
+
+    batches = cache.batches(shard, batch_size=32, seed=0, device=torch.device("cpu"))
+    next(batches)
+    chunks_at_first_batch = shard.chunks_read
+    first = [*batches]
+    second = epoch(cache, shard, seed=1)
+
+    assert chunks_at_first_batch == 1
+    # Chunks of 96 rows, three whole batches each: only the shard's last batch is short.
+    assert shard.batch_sizes == [96]
+    assert [len(batch[LABEL_COLUMN]) for batch in second] == [32] * 7 + [26]
+    assert len(first) + 1 == len(second)
+    assert shard.passes == 1
+
+
+def test_read_rows_is_a_whole_number_of_batches() -> None:
+    assert read_rows(256) == READ_ROWS
+    assert read_rows(1000) == READ_ROWS // 1000 * 1000
+    assert read_rows(READ_ROWS * 2) == READ_ROWS * 2

@@ -27,7 +27,7 @@ from training_pipelines.ranking.train_plain import make_optimizer, train_step
 CHECKPOINT_FILE = "state.pt"
 # Largest shard a worker keeps in memory between epochs.
 SHARD_CACHE_BYTES = 512 * 1024**2
-# Rows per read from Ray Data. Training batches are cut from these chunks in memory.
+# About this many rows per read from Ray Data (read_rows). Training batches are cut from these chunks in memory.
 READ_ROWS = 16384
 COLUMNS = [*FEATURE_COLUMNS, LABEL_COLUMN, WEIGHT_COLUMN]
 
@@ -55,9 +55,12 @@ class _ShardCache:
 
     Reading through Ray Data costs milliseconds per batch (block fetch, conversion to
     tensors), which for a small model costs more than the step itself. So the shard is
-    read in chunks of ``READ_ROWS`` rows, and training batches are cut from memory in a
-    shuffled order. A shard above ``max_bytes`` is not kept: every epoch reads it again
-    and shuffles the rows within each chunk.
+    read in chunks of about ``READ_ROWS`` rows, and training batches are cut from memory
+    in a shuffled order. The first epoch trains on each chunk as it arrives, while Ray
+    Data fetches the next one. The training job deals each worker's rows at random
+    (``ray_job.deal_rows``), so shuffling within each chunk still gives a random order
+    of the whole shard. A shard above ``max_bytes`` is not kept: every epoch reads it
+    again the same way.
     """
 
     def __init__(self, *, max_bytes: int) -> None:
@@ -75,22 +78,25 @@ class _ShardCache:
 
         chunks: list[dict[str, torch.Tensor]] = []
         chunk_bytes = 0
-        for chunk in shard.iter_batches(batch_size=READ_ROWS, batch_format="numpy"):
+        for chunk in shard.iter_batches(batch_size=read_rows(batch_size), batch_format="numpy"):
             tensors = batch_to_tensors({name: chunk[name] for name in COLUMNS}, device=device)
-            if self._streaming:
-                yield from _shuffled_batches(tensors, batch_size=batch_size, generator=generator)
-                continue
-            chunks.append(tensors)
-            chunk_bytes += sum(tensor.element_size() * tensor.nelement() for tensor in tensors.values())
-            if chunk_bytes > self._max_bytes:
-                logger.info("The shard is above %d bytes, so every epoch reads it through Ray Data", self._max_bytes)
-                self._streaming = True
-                for part in chunks:
-                    yield from _shuffled_batches(part, batch_size=batch_size, generator=generator)
-                chunks = []
-        if chunks:
+            if not self._streaming:
+                chunks.append(tensors)
+                chunk_bytes += sum(tensor.element_size() * tensor.nelement() for tensor in tensors.values())
+                if chunk_bytes > self._max_bytes:
+                    logger.info(
+                        "The shard is above %d bytes, so every epoch reads it through Ray Data", self._max_bytes
+                    )
+                    self._streaming = True
+                    chunks = []
+            yield from _shuffled_batches(tensors, batch_size=batch_size, generator=generator)
+        if chunks and not self._streaming:
             self._tensors = {name: torch.cat([part[name] for part in chunks]) for name in chunks[0]}
-            yield from _shuffled_batches(self._tensors, batch_size=batch_size, generator=generator)
+
+
+def read_rows(batch_size: int) -> int:
+    """Rows per read from Ray Data: a whole number of batches, so that only the shard's last batch is short."""
+    return max(READ_ROWS // batch_size, 1) * batch_size
 
 
 def _shuffled_batches(
