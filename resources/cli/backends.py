@@ -110,7 +110,6 @@ class UpRequest:
     name: str
     owner: str
     head_cpus: int = 1
-    object_store_memory: int = 256 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -321,7 +320,7 @@ class LocalClusters:
             cpus_per_worker=request.cpus_per_worker,
             memory_per_worker=request.memory_per_worker,
             gpus_per_worker=request.gpus_per_worker,
-            object_store_memory=request.object_store_memory,
+            object_store_memory=parse_memory(self.settings.object_store_memory, field="object_store_memory"),
             head_cpus=request.head_cpus,
         )
 

@@ -82,8 +82,9 @@ _OPTION_OF_FIELD = {
     "ttl": "--ttl",
     "name": "--name",
     "namespace": "--namespace",
-    # trainctl takes the head's memory from the environment, never from an option.
+    # trainctl takes the head's memory and the local object store from the environment, never from an option.
     "head_memory": "RAY_HEAD_MEMORY",
+    "object_store_memory": "RAY_OBJECT_STORE_MEMORY",
 }
 
 

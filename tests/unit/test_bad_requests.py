@@ -9,6 +9,7 @@ stand-in and trip-wire. Data requests go through the ratings source and the asse
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import types
 from collections.abc import Iterator
@@ -389,7 +390,12 @@ KUBERAY_OPTION_CASES = [
 LOCAL_OPTION_CASES = [
     pytest.param(("--workers", "100000"), "--workers", "Ask for at most 256 workers.", id="workers-absurd"),
     pytest.param(("--cpus", "1000000"), "--cpus", "Ask for at most", id="cpus-above-machine"),
-    pytest.param(("--memory", "4096Ti"), "--memory", "Lower workers, --memory", id="memory-above-machine"),
+    pytest.param(
+        ("--memory", "4096Ti"),
+        "--memory",
+        "Lower workers, --memory or RAY_OBJECT_STORE_MEMORY.",
+        id="memory-above-machine",
+    ),
     pytest.param(
         ("--gpus-per-worker", "64"), "--gpus-per-worker", "Set --gpus-per-worker to 0", id="gpus-above-machine"
     ),
@@ -442,6 +448,27 @@ def test_trainctl_local_valid_request_spawns(trainctl_env: dict[str, str], spawn
         trainctl(trainctl_env, "up", "--backend", "local", "--workers", "1", "--memory", "512Mi", "--name", "exp-ok")
 
     assert len(spawned) == 1
+
+
+def test_trainctl_local_object_store_from_environment(trainctl_env: dict[str, str], spawned: list[list[str]]) -> None:
+    env = {**trainctl_env, "RAY_OBJECT_STORE_MEMORY": "300Mi"}
+
+    with pytest.raises(SpawnAttemptedError):
+        trainctl(env, "up", "--backend", "local", "--workers", "1", "--memory", "512Mi", "--name", "exp-store")
+
+    [spec_argument] = [argument for argument in spawned[0] if argument.startswith("--spec=")]
+    assert json.loads(spec_argument.removeprefix("--spec="))["object_store_memory"] == 300 * 1024**2
+
+
+def test_trainctl_local_small_object_store_names_variable(
+    trainctl_env: dict[str, str], spawned: list[list[str]]
+) -> None:
+    env = {**trainctl_env, "RAY_OBJECT_STORE_MEMORY": "64Mi"}
+
+    code, _, stderr = trainctl(env, "up", "--backend", "local", "--workers", "1", "--name", "exp-store")
+
+    assert_invalid_request(code, stderr, "RAY_OBJECT_STORE_MEMORY", "Use at least '128Mi'.")
+    assert spawned == []
 
 
 def test_trainctl_head_memory_names_variable(trainctl_env: dict[str, str], standin: KubeStandin) -> None:
