@@ -5,7 +5,8 @@
 From then on the keeper runs on its own: it keeps the cluster running until its lifetime ends, it
 receives SIGTERM (``trainctl down``), or one of the cluster's nodes exits, and in each
 case stops every process of the cluster and removes its record. When it stops the
-cluster on its own, it first records the end of the cluster's jobs in the job history. If the keeper itself
+cluster on its own, it first records the end of the cluster's jobs in the job history, and
+leaves a note of the reason that ``trainctl status`` shows. If the keeper itself
 is killed, the cluster's watchdog (``resources.reaper``) stops the nodes.
 """
 
@@ -101,6 +102,11 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
         if reason is not None and info is not None:
             _end_jobs(name, info.dashboard_url, reason)
         cluster.stop()
+        if reason is not None:
+            try:
+                registry.write_ending(name, reason, dt.datetime.now(dt.UTC))
+            except OSError as err:
+                logger.warning("Failed to write the reason %s stopped: %s", name, err)
         registry.remove(name)
 
 

@@ -4,7 +4,9 @@ A local cluster is owned by one process, its holder: the Dagster run that starte
 or the keeper process that ``trainctl up`` leaves behind. Each cluster has a JSON file
 ``<state dir>/clusters/<name>.json`` that names its holder and the process groups of
 its Ray nodes, with their start times, so that a recycled PID is never mistaken for
-one of ours. A file whose holder has died is stale and is removed when read.
+one of ours. A file whose holder has died is stale and is removed when read. A cluster
+that its keeper stopped on its own leaves ``<name>.ended`` with the reason, until a new
+cluster takes the name.
 """
 
 from __future__ import annotations
@@ -113,6 +115,14 @@ class LocalClusterRecord:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class Ending:
+    """The reason and time of a keeper stopping its cluster on its own."""
+
+    reason: str
+    at: dt.datetime
+
+
 class LocalRegistry:
     """The folder of cluster records; safe for several processes that each write their own clusters."""
 
@@ -127,14 +137,36 @@ class LocalRegistry:
         """Return the path of the log of cluster ``name``'s keeper."""
         return self.root / f"{name}.log"
 
+    def ending_path(self, name: str) -> Path:
+        """Return the path of the note with the reason the keeper stopped cluster ``name`` on its own."""
+        return self.root / f"{name}.ended"
+
     def write(self, record: LocalClusterRecord) -> None:
         """Write or replace a record atomically, so a reader never sees half of it."""
+        self._write_json(self.path(record.name), record.to_json())
+
+    def write_ending(self, name: str, reason: str, at: dt.datetime) -> None:
+        """Note that cluster ``name`` stopped at ``at`` because ``reason`` (such as "its lifetime of 8h ended")."""
+        self._write_json(self.ending_path(name), {"reason": reason, "at": at.isoformat()})
+
+    def ending(self, name: str) -> Ending | None:
+        """Read why cluster ``name`` last stopped on its own; ``None`` if no note exists or it is unreadable."""
+        try:
+            data = json.loads(self.ending_path(name).read_text(encoding="utf-8"))
+            return Ending(reason=str(data["reason"]), at=dt.datetime.fromisoformat(data["at"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            logger.warning("Ignoring the unreadable note %s: %s", self.ending_path(name), err)
+            return None
+
+    def _write_json(self, path: Path, data: Mapping[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{record.name}.", dir=self.root)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", dir=self.root)
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(record.to_json(), stream, indent=2)
-            os.replace(temporary, self.path(record.name))
+                json.dump(data, stream, indent=2)
+            os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
@@ -163,6 +195,8 @@ class LocalRegistry:
                 continue
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 json.dump(asdict(ProcessRef.of(os.getpid())), stream)
+            # The name now belongs to a new cluster, so the note on the last one no longer applies.
+            self.ending_path(name).unlink(missing_ok=True)
             return True
         return False
 

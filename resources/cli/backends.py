@@ -53,13 +53,15 @@ EVENT_LINES = 20
 class ClusterNotFoundError(PlatformError):
     """No cluster of that name exists on the backend."""
 
-    def __init__(self, name: str, where: str) -> None:
-        super().__init__(name, where)
+    def __init__(self, name: str, where: str, ended: str | None = None) -> None:
+        super().__init__(name, where, ended)
         self.name = name
         self.where = where
+        self.ended = ended
 
     def __str__(self) -> str:
-        return f"No cluster named {self.name!r} {self.where}. Run `trainctl list` to see the running clusters."
+        ended = f" {self.ended}" if self.ended else ""
+        return f"No cluster named {self.name!r} {self.where}.{ended} Run `trainctl list` to see the running clusters."
 
 
 def current_user() -> str:
@@ -430,7 +432,11 @@ class LocalClusters:
     def _record(self, name: str) -> LocalClusterRecord:
         record = self.registry.get(name)
         if record is None:
-            raise ClusterNotFoundError(name, "on this machine")
+            ending = self.registry.ending(name)
+            ended = None
+            if ending is not None:
+                ended = f"It stopped at {ending.at:%Y-%m-%d %H:%M:%S} UTC because {ending.reason}."
+            raise ClusterNotFoundError(name, "on this machine", ended)
         return record
 
     def find(self, name: str) -> ClusterSummary:

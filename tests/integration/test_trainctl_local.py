@@ -238,6 +238,9 @@ def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: 
     assert lost.status == "LOST"
     assert lost.message == "its cluster stopped because its lifetime of 3s ended"
     history.close()
+    status = run_trainctl(env, "status", "exp-short")
+    assert status.returncode == 4
+    assert "because its lifetime of 3s ended." in status.stderr
 
 
 def test_lists_a_run_cluster_and_protects_it(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -171,3 +171,25 @@ def test_registry_takes_over_a_dead_claim(tmp_path: Path) -> None:
     dead.wait()
     (tmp_path / "exp-b.starting").write_text(json.dumps({"pid": dead.pid, "started": 0.0}))
     assert registry.claim("exp-b")
+
+
+def test_registry_ending_lasts_until_name_claimed(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path)
+    at = dt.datetime(2026, 12, 5, 17, 0, tzinfo=dt.UTC)
+    registry.write_ending("exp-c", "its lifetime of 8h ended", at)
+
+    ending = registry.ending("exp-c")
+    assert ending is not None
+    assert ending.reason == "its lifetime of 8h ended"
+    assert ending.at == at
+    assert registry.list() == []
+
+    assert registry.claim("exp-c")
+    assert registry.ending("exp-c") is None
+
+
+def test_registry_ignores_unreadable_ending(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path)
+    registry.ending_path("exp-d").write_text("{not json")
+
+    assert registry.ending("exp-d") is None

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from resources.cli.main import EXIT_CODES, cli, option_for
 from resources.history import JobHistory, JobRecord
 from resources.kuberay.schema import validate_manifest
+from resources.local_registry import LocalRegistry
 from resources.spec import format_duration, format_size, parse_duration_minutes
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
@@ -94,6 +95,16 @@ def test_unknown_cluster_is_exit_4(env: dict[str, str]) -> None:
     code, _, err = invoke(env, "status", "no-such-cluster")
     assert code == 4
     assert "No cluster named 'no-such-cluster'" in err
+
+
+def test_status_says_why_cluster_stopped(env: dict[str, str]) -> None:
+    registry = LocalRegistry(Path(env["TRAINCTL_HOME"]) / "clusters")
+    registry.write_ending("exp-gone", "its lifetime of 1h ended", dt.datetime(2026, 12, 5, 17, 0, tzinfo=dt.UTC))
+
+    code, _, err = invoke(env, "status", "exp-gone")
+
+    assert code == 4
+    assert "It stopped at 2026-12-05 17:00:00 UTC because its lifetime of 1h ended." in err
 
 
 def test_unreachable_api_is_exit_6(env: dict[str, str]) -> None:
