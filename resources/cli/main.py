@@ -63,7 +63,7 @@ EXIT_CODES = {
     EXIT_INVALID_REQUEST: "invalid request or policy violation; nothing was created",
     EXIT_NOT_FOUND: "no such cluster or job",
     EXIT_START_FAILED: "the cluster did not become ready; nothing is left running",
-    EXIT_PLATFORM: "the Kubernetes API, the Ray dashboard or the job history failed",
+    EXIT_PLATFORM: "the Kubernetes API, the Ray dashboard, the job history or the state folder (TRAINCTL_HOME) failed",
     EXIT_INTERRUPTED: "interrupted with Ctrl-C; what was being created is removed",
 }
 

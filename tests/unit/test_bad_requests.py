@@ -471,6 +471,20 @@ def test_trainctl_local_small_object_store_names_variable(
     assert spawned == []
 
 
+def test_trainctl_local_unusable_state_folder(
+    trainctl_env: dict[str, str], spawned: list[list[str]], tmp_path: Path
+) -> None:
+    not_a_folder = tmp_path / "state-file"
+    not_a_folder.write_text("")
+    env = {**trainctl_env, "TRAINCTL_HOME": str(not_a_folder)}
+
+    code, _, stderr = trainctl(env, "up", "--backend", "local", "--workers", "1", "--name", "exp-home")
+
+    assert code == EXIT_PLATFORM, stderr
+    assert f"Check that TRAINCTL_HOME ({not_a_folder}) is a writable folder." in stderr
+    assert spawned == []
+
+
 def test_trainctl_head_memory_names_variable(trainctl_env: dict[str, str], standin: KubeStandin) -> None:
     code, _, stderr = trainctl({**trainctl_env, "RAY_HEAD_MEMORY": "300Gi"}, "render")
 
