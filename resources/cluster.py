@@ -57,6 +57,21 @@ CLUSTER_VARIABLES = {
 }
 
 
+def naming_variables(err: InvalidRequestError) -> InvalidRequestError:
+    """Return ``err`` with the variables of ``CLUSTER_VARIABLES`` in place of the fields it names.
+
+    For a caller whose settings come only from the environment, such as ``make demo``.
+    """
+    variable_of_field = {field: variable for variable, (field, _) in CLUSTER_VARIABLES.items()}
+
+    def in_variables(text: str) -> str:
+        # Only snake_case words: a one-word field such as "workers" also occurs as a plain word.
+        return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda found: variable_of_field.get(found[0], found[0]), text)
+
+    field = variable_of_field.get(err.field, err.field)
+    return InvalidRequestError(field, in_variables(err.problem), in_variables(err.fix))
+
+
 def local_gpu_count(environ: Mapping[str, str] | None = None) -> int:
     """Count the NVIDIA GPUs that ``nvidia-smi`` lists and ``CUDA_VISIBLE_DEVICES`` leaves visible.
 

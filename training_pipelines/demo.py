@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from resources.cluster import naming_variables
 from resources.errors import InvalidRequestError
 from training_pipelines.defs.partitions import FIRST_DAY, LAST_DAY
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
         defs.resources["ray_cluster"].cluster_spec()
     except InvalidRequestError as err:
-        print(f"demo: invalid setting {err}", file=sys.stderr)
+        print(f"demo: invalid setting {naming_variables(err)}", file=sys.stderr)
         return 2
 
     from training_pipelines.defs.ratings import ratings_daily
