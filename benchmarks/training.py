@@ -162,6 +162,7 @@ def run(*, window_days: int, epochs: int, rounds: int, short_window_days: int | 
         figures = {
             "throughput_rows": len(examples),
             "throughput_epochs": epochs,
+            "throughput_rounds": rounds,
             "platform_samples_per_s": round(sorted(one_vs_plain.ours)[len(one_vs_plain.ours) // 2]),
             "plain_samples_per_s": round(sorted(one_vs_plain.floor)[len(one_vs_plain.floor) // 2]),
             "throughput_vs_plain_ratio": round(one_vs_plain.median_ratio, 3),
