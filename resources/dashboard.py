@@ -1,9 +1,14 @@
-"""Reading a running Ray cluster through its dashboard: per-node usage and the jobs it runs."""
+"""Reading a running Ray cluster through its dashboard: per-node usage and the jobs it runs.
+
+Every read has a timeout, so a hung head costs seconds, not the caller's teardown.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,10 +72,15 @@ class NodeUsage:
         }
 
 
-def _get_json(url: str, *, timeout_s: float) -> Any:
+def _get_json(url: str, *, timeout_s: float, missing_ok: bool = False) -> Any:
+    """Read JSON from ``url``; ``None`` for HTTP 404 when ``missing_ok``."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        if missing_ok and err.code == 404:
+            return None
+        raise DashboardError(url, f"HTTP {err.code} {err.reason}") from err
     except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
         raise DashboardError(url, f"no response ({err})") from err
     except ValueError as err:
@@ -134,3 +144,45 @@ def alive_worker_count(dashboard_url: str, *, timeout_s: float = DASHBOARD_TIMEO
     return sum(
         1 for node in node_usage(dashboard_url, timeout_s=timeout_s) if node.state == "ALIVE" and not node.is_head
     )
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A Ray job as the Jobs API reports it."""
+
+    status: str
+    message: str
+    end_time: dt.datetime | None
+
+
+def job_state(dashboard_url: str, job_id: str, *, timeout_s: float = DASHBOARD_TIMEOUT_S) -> JobState | None:
+    """Read the status of job ``job_id`` from the Jobs REST API; ``None`` when the cluster has no such job.
+
+    Raises:
+        DashboardError: the dashboard did not respond, or the response has no status.
+    """
+    url = f"{dashboard_url.rstrip('/')}/api/jobs/{urllib.parse.quote(job_id, safe='')}"
+    payload = _get_json(url, timeout_s=timeout_s, missing_ok=True)
+    if payload is None:
+        return None
+    if not isinstance(payload, dict) or "status" not in payload:
+        raise DashboardError(url, "the response has no job status")
+    end_ms = _number(payload.get("end_time"))
+    return JobState(
+        status=str(payload["status"]),
+        message=str(payload.get("message") or ""),
+        end_time=dt.datetime.fromtimestamp(end_ms / 1000, dt.UTC) if end_ms else None,
+    )
+
+
+def job_logs(dashboard_url: str, job_id: str, *, timeout_s: float = DASHBOARD_TIMEOUT_S) -> str:
+    """Read the whole log of job ``job_id`` from the Jobs REST API.
+
+    Raises:
+        DashboardError: the dashboard did not respond, or the cluster has no such job.
+    """
+    url = f"{dashboard_url.rstrip('/')}/api/jobs/{urllib.parse.quote(job_id, safe='')}/logs"
+    payload = _get_json(url, timeout_s=timeout_s)
+    if not isinstance(payload, dict):
+        raise DashboardError(url, "the response has no logs")
+    return str(payload.get("logs") or "")

@@ -25,8 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import requests
-
+from resources.dashboard import DashboardError
 from resources.errors import ClusterStartError, PlatformError
 from resources.history import HistoryError
 from resources.local import DEFAULT_NODE_IP, LocalRayCluster
@@ -125,7 +124,7 @@ def _end_jobs(name: str, dashboard_url: str, reason: str) -> None:
             return
         try:
             settle_jobs(history, unfinished, dashboard_url)
-        except (ConnectionError, RuntimeError, requests.exceptions.RequestException) as err:
+        except DashboardError as err:
             logger.warning("The jobs of %s could not be read before it stopped: %s", name, err)
         lost = history.mark_lost(name, message=f"its cluster stopped because {reason}", at=dt.datetime.now(dt.UTC))
         logger.info("Marked %d unfinished job(s) of %s LOST", lost, name)

@@ -10,9 +10,13 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from resources.dashboard import DASHBOARD_TIMEOUT_S, job_logs, job_state
 from resources.history import LOG_TAIL_LINES, TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord
 
 logger = logging.getLogger(__name__)
+
+# The end states of a Ray job; LOST is the history's own.
+RAY_TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 
 def _now() -> dt.datetime:
@@ -78,27 +82,30 @@ def unfinished_jobs(history: JobHistory, cluster: str) -> list[JobRecord]:
     return [record for record in history.list(cluster=cluster, limit=1000) if record.status not in TERMINAL_STATUSES]
 
 
-def settle_jobs(history: JobHistory, records: list[JobRecord], dashboard_url: str) -> None:
+def settle_jobs(
+    history: JobHistory, records: list[JobRecord], dashboard_url: str, *, timeout_s: float = DASHBOARD_TIMEOUT_S
+) -> None:
     """Record the real end of ``records`` that Ray has seen finish, and the last log lines of the others.
 
     A ``submit`` that was killed leaves its job RUNNING in the history. Before a cluster
     and its Jobs API go, each such job gets its status from Ray and its last log lines.
+    A job that Ray does not know is left as it is, for the caller to mark LOST.
 
     Raises:
-        ConnectionError, RuntimeError or requests' errors: the Jobs API did not respond.
+        DashboardError: the Jobs API did not respond within ``timeout_s``.
     """
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(dashboard_url)
     for record in records:
-        info = client.get_job_info(record.job_id)
-        tail = "\n".join(client.get_job_logs(record.job_id).splitlines()[-LOG_TAIL_LINES:])
-        if info.status.is_terminal():
-            ended = _now()
-            if info.end_time:
-                ended = dt.datetime.fromtimestamp(info.end_time / 1000, dt.UTC)
+        state = job_state(dashboard_url, record.job_id, timeout_s=timeout_s)
+        if state is None:
+            continue
+        tail = "\n".join(job_logs(dashboard_url, record.job_id, timeout_s=timeout_s).splitlines()[-LOG_TAIL_LINES:])
+        if state.status in RAY_TERMINAL_STATUSES:
             history.record_finished(
-                record.job_id, status=str(info.status.value), message=info.message or "", at=ended, log_tail=tail
+                record.job_id,
+                status=state.status,
+                message=state.message,
+                at=state.end_time or _now(),
+                log_tail=tail,
             )
         else:
             history.record_log_tail(record.job_id, tail)

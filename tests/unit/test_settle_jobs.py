@@ -1,0 +1,121 @@
+"""Settling a cluster's unfinished jobs through the Jobs REST API, against a stand-in dashboard on 127.0.0.1."""
+
+import datetime as dt
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resources.dashboard import DashboardError, job_state
+from resources.history import JobHistory, JobRecord
+from resources.recorder import settle_jobs
+
+SUBMITTED = dt.datetime(2026, 12, 5, 17, 0, tzinfo=dt.UTC)
+ENDED_MS = int(dt.datetime(2026, 12, 5, 17, 5, tzinfo=dt.UTC).timestamp() * 1000)
+JOBS = {
+    "job-done": {"status": "SUCCEEDED", "message": "Job finished successfully.", "end_time": ENDED_MS},
+    "job-running": {"status": "RUNNING", "message": "", "end_time": None},
+}
+
+
+class JobsApi(http.server.BaseHTTPRequestHandler):
+    """A stand-in of the Jobs REST API: ``/api/jobs/<id>`` and its ``/logs`` from ``JOBS``, and 404 for other jobs."""
+
+    hang_s = 0.0
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        time.sleep(self.hang_s)
+        parts = self.path.strip("/").split("/")
+        job = JOBS.get(parts[2]) if len(parts) >= 3 else None
+        if job is None:
+            self.send_error(404)
+            return
+        body = {"logs": "line 1\nline 2\n"} if parts[-1] == "logs" else {"submission_id": parts[2], **job}
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        pass
+
+
+def serve(hang_s: float) -> Iterator[str]:
+    handler = type("Handler", (JobsApi,), {"hang_s": hang_s})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def dashboard() -> Iterator[str]:
+    yield from serve(hang_s=0.0)
+
+
+@pytest.fixture
+def hung_dashboard() -> Iterator[str]:
+    yield from serve(hang_s=30.0)
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Iterator[JobHistory]:
+    store = JobHistory(f"sqlite:///{tmp_path / 'history.db'}")
+    for job_id in ("job-done", "job-running", "job-unknown"):
+        store.record_submitted(
+            JobRecord(
+                job_id=job_id,
+                cluster="exp-a",
+                backend="local",
+                entrypoint="python train.py",
+                submitter="alice",
+                origin="manual",
+                submitted_at=SUBMITTED,
+                status="RUNNING",
+            )  # fmt: skip
+        )
+    yield store
+    store.close()
+
+
+def test_settle_records_real_end_and_tail(dashboard: str, history: JobHistory) -> None:
+    settle_jobs(history, history.list(cluster="exp-a"), dashboard)
+
+    done = history.get("job-done")
+    assert done is not None
+    assert done.status == "SUCCEEDED"
+    assert done.ended_at == dt.datetime.fromtimestamp(ENDED_MS / 1000, dt.UTC)
+    assert done.log_tail == "line 1\nline 2"
+    running = history.get("job-running")
+    assert running is not None
+    assert running.status == "RUNNING"
+    assert running.log_tail == "line 1\nline 2"
+
+
+def test_settle_leaves_unknown_job(dashboard: str, history: JobHistory) -> None:
+    settle_jobs(history, history.list(cluster="exp-a"), dashboard)
+
+    unknown = history.get("job-unknown")
+    assert unknown is not None
+    assert unknown.status == "RUNNING"
+    assert job_state(dashboard, "job-unknown") is None
+
+
+def test_settle_hung_dashboard_times_out(hung_dashboard: str, history: JobHistory) -> None:
+    started = time.monotonic()
+
+    with pytest.raises(DashboardError, match="no response"):
+        settle_jobs(history, history.list(cluster="exp-a"), hung_dashboard, timeout_s=0.5)
+
+    assert time.monotonic() - started < 5
