@@ -6,6 +6,7 @@ Every read has a timeout, so a hung head costs seconds, not the caller's teardow
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -72,17 +73,31 @@ class NodeUsage:
         }
 
 
+def _auth_headers() -> dict[str, str]:
+    """Return the token header that Ray's own clients send when token authentication is on, else nothing."""
+    try:
+        # Private to Ray (checked with 2.60); SubmissionClient adds the same header.
+        from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+    except ImportError:
+        return {}
+    return dict(get_auth_headers_if_auth_enabled({}))
+
+
 def _get_json(url: str, *, timeout_s: float, missing_ok: bool = False) -> Any:
     """Read JSON from ``url``; ``None`` for HTTP 404 when ``missing_ok``."""
+    request = urllib.request.Request(url, headers=_auth_headers())
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as err:
         if missing_ok and err.code == 404:
             return None
         raise DashboardError(url, f"HTTP {err.code} {err.reason}") from err
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+    # OSError covers refused and reset connections and timeouts.
+    except OSError as err:
         raise DashboardError(url, f"no response ({err})") from err
+    except http.client.HTTPException as err:
+        raise DashboardError(url, f"a broken response ({type(err).__name__}: {err})") from err
     except ValueError as err:
         raise DashboardError(url, f"the response is not JSON ({err})") from err
 

@@ -99,7 +99,10 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
         return _report_failure(name, err)
     finally:
         if reason is not None and info is not None:
-            _end_jobs(name, info.dashboard_url, reason)
+            try:
+                _end_jobs(name, info.dashboard_url, reason)
+            except Exception:  # noqa: BLE001 - nothing in the job history may keep the cluster running
+                logger.exception("Failed to record the end of the jobs of %s", name)
         cluster.stop()
         if reason is not None:
             try:

@@ -26,9 +26,17 @@ class JobsApi(http.server.BaseHTTPRequestHandler):
     """A stand-in of the Jobs REST API: ``/api/jobs/<id>`` and its ``/logs`` from ``JOBS``, and 404 for other jobs."""
 
     hang_s = 0.0
+    truncate = False
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         time.sleep(self.hang_s)
+        if self.truncate:
+            # The promised body never arrives whole, as from a head that dies mid-response.
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"status": ')
+            return
         parts = self.path.strip("/").split("/")
         job = JOBS.get(parts[2]) if len(parts) >= 3 else None
         if job is None:
@@ -46,8 +54,8 @@ class JobsApi(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(hang_s: float) -> Iterator[str]:
-    handler = type("Handler", (JobsApi,), {"hang_s": hang_s})
+def serve(hang_s: float = 0.0, *, truncate: bool = False) -> Iterator[str]:
+    handler = type("Handler", (JobsApi,), {"hang_s": hang_s, "truncate": truncate})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -67,6 +75,11 @@ def dashboard() -> Iterator[str]:
 @pytest.fixture
 def hung_dashboard() -> Iterator[str]:
     yield from serve(hang_s=30.0)
+
+
+@pytest.fixture
+def broken_dashboard() -> Iterator[str]:
+    yield from serve(truncate=True)
 
 
 @pytest.fixture
@@ -119,3 +132,8 @@ def test_settle_hung_dashboard_times_out(hung_dashboard: str, history: JobHistor
         settle_jobs(history, history.list(cluster="exp-a"), hung_dashboard, timeout_s=0.5)
 
     assert time.monotonic() - started < 5
+
+
+def test_settle_broken_response_is_dashboard_error(broken_dashboard: str, history: JobHistory) -> None:
+    with pytest.raises(DashboardError, match="a broken response"):
+        settle_jobs(history, history.list(cluster="exp-a"), broken_dashboard, timeout_s=5)

@@ -8,6 +8,7 @@ import torch
 import training_pipelines.training.train_loop as train_loop
 from tests.unit.test_ranking_model import make_examples
 from training_pipelines.ranking.features import LABEL_COLUMN, WEIGHT_COLUMN
+from training_pipelines.ranking.model import batch_to_tensors
 from training_pipelines.training.train_loop import COLUMNS, READ_ROWS, _ShardCache, read_rows
 
 
@@ -54,7 +55,7 @@ def test_later_epochs_reuse_cached_rows() -> None:
     assert not torch.equal(torch.cat([b["prior_logit"] for b in second]), torch.cat([b["prior_logit"] for b in third]))
 
 
-def test_first_epoch_shuffles_whole_shard() -> None:
+def test_first_epoch_shuffles_each_chunk() -> None:
     frame = examples(100)
     shard = FakeShard(frame)
     cache = _ShardCache(max_bytes=10**9)
@@ -104,3 +105,25 @@ def test_read_rows_is_a_whole_number_of_batches() -> None:
     assert read_rows(256) == READ_ROWS
     assert read_rows(1000) == READ_ROWS // 1000 * 1000
     assert read_rows(READ_ROWS * 2) == READ_ROWS * 2
+
+
+def chunk_tensors(frame: pd.DataFrame) -> list[torch.Tensor]:
+    return list(batch_to_tensors({name: frame[name].to_numpy() for name in COLUMNS}).values())
+
+
+def test_shard_above_limit_mid_epoch_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_loop, "READ_ROWS", 100)
+    frame = examples(250)
+    shard = FakeShard(frame)
+    # Room for the first 96-row chunk but not the second.
+    one_chunk_bytes = sum(tensor.element_size() * tensor.nelement() for tensor in chunk_tensors(frame.iloc[:96]))
+    cache = _ShardCache(max_bytes=one_chunk_bytes + 1)
+
+    runs = [epoch(cache, shard, seed=seed) for seed in range(3)]
+
+    assert shard.passes == 3
+    for run in runs:
+        assert [len(batch[LABEL_COLUMN]) for batch in run] == [32] * 7 + [26]
+        trained = torch.cat([batch["prior_logit"] for batch in run])
+        streamed = torch.tensor(frame["item_prior_logit"].to_numpy(), dtype=trained.dtype)
+        assert torch.equal(trained.sort().values, streamed.sort().values)
