@@ -24,6 +24,13 @@ LOG_TAIL_LINES = 40
 RECORD_TAIL_LINES = 200
 # How often an observer gets the job's latest log lines while it runs.
 TAIL_REPORT_INTERVAL_S = 10.0
+# The Jobs API runs each job through the dashboard agent of the head node, and
+# returns HTTP 500 with this text when that agent has not registered within its own 10 s wait
+# (Ray 2.60). On a loaded machine that happens right after a cluster becomes ready.
+NO_AGENT_MESSAGE = "No available agent to submit job"
+# How long a submission keeps trying while the head's agent is missing, and the pause between tries.
+AGENT_WAIT_S = 60.0
+AGENT_RETRY_INTERVAL_S = 2.0
 
 
 # Terminal control sequences, such as the colours Ray puts around each worker's log prefix.
@@ -91,7 +98,14 @@ def run_job(
     if env_vars:
         environment["env_vars"] = {**environment.get("env_vars", {}), **env_vars}
     try:
-        job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=environment or None)
+        job_id = _submit(
+            client,
+            entrypoint=entrypoint,
+            submission_id=submission_id,
+            runtime_env=environment or None,
+            clock=clock,
+            sleep=sleep,
+        )
     except ValueError as err:
         # The Jobs API rejects a submission id it has seen before.
         raise InvalidRequestError(
@@ -166,6 +180,30 @@ def run_job(
 
     started = started_at if started_at is not None else finished_at
     return JobOutcome(job_id=job_id, queued_s=started - submitted_at, running_s=finished_at - started)
+
+
+def _submit(
+    client: JobSubmissionClient,
+    *,
+    entrypoint: str,
+    submission_id: str,
+    runtime_env: dict[str, Any] | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> str:
+    """Submit the job, trying again for up to ``AGENT_WAIT_S`` while the head's job agent is missing.
+
+    Ray returns that error before it creates the job, so a second try cannot start the job twice.
+    """
+    deadline = clock() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env)
+        except RuntimeError as err:
+            if NO_AGENT_MESSAGE not in str(err) or clock() >= deadline:
+                raise
+            logger.info("The head node's job agent is not available yet, so %s is submitted again", submission_id)
+            sleep(AGENT_RETRY_INTERVAL_S)
 
 
 def _stop_reason(interruption: BaseException) -> str:

@@ -6,7 +6,15 @@ import pytest
 from ray.job_submission import JobStatus
 
 from resources.errors import RayJobError
-from resources.jobs import JOB_POLL_INTERVAL_S, LOG_TAIL_LINES, JobOutcome, run_job, without_terminal_codes
+from resources.jobs import (
+    AGENT_RETRY_INTERVAL_S,
+    AGENT_WAIT_S,
+    JOB_POLL_INTERVAL_S,
+    LOG_TAIL_LINES,
+    JobOutcome,
+    run_job,
+    without_terminal_codes,
+)
 
 JOB_ID = "train-1997-10-01"
 
@@ -42,8 +50,12 @@ class FakeJobClient:
     submitted: list[dict[str, object]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     submitted_at: float = 0.0
+    # Errors that the next submissions raise, in order, before one succeeds.
+    submit_errors: list[Exception] = field(default_factory=list)
 
     def submit_job(self, *, entrypoint: str, submission_id: str, runtime_env: dict[str, object] | None) -> str:
+        if self.submit_errors:
+            raise self.submit_errors.pop(0)
         self.submitted.append({"entrypoint": entrypoint, "submission_id": submission_id, "runtime_env": runtime_env})
         self.submitted_at = self.clock()
         return submission_id
@@ -107,6 +119,49 @@ def test_job_done_at_first_poll() -> None:
 
     assert outcome.queued_s == 0.0
     assert outcome.running_s == 0.0
+    assert clock.sleeps == []
+
+
+# What Ray 2.60's JobSubmissionClient raises when the head's dashboard agent has not registered.
+NO_AGENT = "Request failed with status code 500: No available agent to submit job, please try again later.."
+
+
+def test_submit_retries_until_agent_available() -> None:
+    clock = FakeClock()
+    client = FakeJobClient(
+        clock, statuses=[(0, JobStatus.SUCCEEDED)], submit_errors=[RuntimeError(NO_AGENT), RuntimeError(NO_AGENT)]
+    )
+
+    outcome = run(client, clock, [])
+
+    assert outcome.job_id == JOB_ID
+    assert len(client.submitted) == 1
+    assert clock.sleeps == [AGENT_RETRY_INTERVAL_S, AGENT_RETRY_INTERVAL_S]
+
+
+def test_submit_gives_up_after_agent_wait() -> None:
+    clock = FakeClock()
+    tries = int(AGENT_WAIT_S / AGENT_RETRY_INTERVAL_S) + 5
+    client = FakeJobClient(
+        clock, statuses=[(0, JobStatus.SUCCEEDED)], submit_errors=[RuntimeError(NO_AGENT) for _ in range(tries)]
+    )
+
+    with pytest.raises(RuntimeError, match="No available agent"):
+        run(client, clock, [])
+
+    assert client.submitted == []
+    assert sum(clock.sleeps) == pytest.approx(AGENT_WAIT_S)
+
+
+def test_submit_other_error_not_retried() -> None:
+    clock = FakeClock()
+    client = FakeJobClient(
+        clock, statuses=[(0, JobStatus.SUCCEEDED)], submit_errors=[RuntimeError("Request failed with status code 400")]
+    )
+
+    with pytest.raises(RuntimeError, match="status code 400"):
+        run(client, clock, [])
+
     assert clock.sleeps == []
 
 
