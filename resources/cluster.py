@@ -18,7 +18,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from kubernetes.client import ApiClient
 from pydantic import Field, PrivateAttr
 
-from resources.errors import InvalidRequestError
+from resources.errors import InvalidRequestError, rename_fields
 from resources.history import HistoryError, JobHistory, JobRecord, state_dir
 from resources.jobs import JOB_TIMEOUT_S, JobOutcome, run_job
 from resources.kuberay.backend import KubeRayCluster, KubeRayClusterInfo, kubernetes_api_client
@@ -63,13 +63,11 @@ def naming_variables(err: InvalidRequestError) -> InvalidRequestError:
     For a caller whose settings come only from the environment, such as ``make demo``.
     """
     variable_of_field = {field: variable for variable, (field, _) in CLUSTER_VARIABLES.items()}
-
-    def in_variables(text: str) -> str:
-        # Only snake_case words: a one-word field such as "workers" also occurs as a plain word.
-        return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda found: variable_of_field.get(found[0], found[0]), text)
-
-    field = variable_of_field.get(err.field, err.field)
-    return InvalidRequestError(field, in_variables(err.problem), in_variables(err.fix))
+    return InvalidRequestError(
+        variable_of_field.get(err.field, err.field),
+        rename_fields(err.problem, variable_of_field),
+        rename_fields(err.fix, variable_of_field),
+    )
 
 
 def local_gpu_count(environ: Mapping[str, str] | None = None) -> int:

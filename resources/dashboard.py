@@ -76,7 +76,7 @@ class NodeUsage:
 def _auth_headers() -> dict[str, str]:
     """Return the token header that Ray's own clients send when token authentication is on, else nothing."""
     try:
-        # Private to Ray (checked with 2.60); SubmissionClient adds the same header.
+        # A private Ray function, checked with Ray 2.60. SubmissionClient adds the same header.
         from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
     except ImportError:
         return {}
@@ -84,7 +84,7 @@ def _auth_headers() -> dict[str, str]:
 
 
 def _get_json(url: str, *, timeout_s: float, missing_ok: bool = False) -> Any:
-    """Read JSON from ``url``; ``None`` for HTTP 404 when ``missing_ok``."""
+    """Read JSON from ``url``, or return ``None`` for HTTP 404 when ``missing_ok``."""
     request = urllib.request.Request(url, headers=_auth_headers())
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -97,7 +97,7 @@ def _get_json(url: str, *, timeout_s: float, missing_ok: bool = False) -> Any:
     except OSError as err:
         raise DashboardError(url, f"no response ({err})") from err
     except http.client.HTTPException as err:
-        raise DashboardError(url, f"a broken response ({type(err).__name__}: {err})") from err
+        raise DashboardError(url, f"an incomplete or malformed response ({type(err).__name__}: {err})") from err
     except ValueError as err:
         raise DashboardError(url, f"the response is not JSON ({err})") from err
 
@@ -161,6 +161,10 @@ def alive_worker_count(dashboard_url: str, *, timeout_s: float = DASHBOARD_TIMEO
     )
 
 
+def _job_url(dashboard_url: str, job_id: str) -> str:
+    return f"{dashboard_url.rstrip('/')}/api/jobs/{urllib.parse.quote(job_id, safe='')}"
+
+
 @dataclass(frozen=True)
 class JobState:
     """A Ray job as the Jobs API reports it."""
@@ -171,12 +175,12 @@ class JobState:
 
 
 def job_state(dashboard_url: str, job_id: str, *, timeout_s: float = DASHBOARD_TIMEOUT_S) -> JobState | None:
-    """Read the status of job ``job_id`` from the Jobs REST API; ``None`` when the cluster has no such job.
+    """Read the status of job ``job_id`` from the Jobs REST API, or return ``None`` if the cluster has no such job.
 
     Raises:
         DashboardError: the dashboard did not respond, or the response has no status.
     """
-    url = f"{dashboard_url.rstrip('/')}/api/jobs/{urllib.parse.quote(job_id, safe='')}"
+    url = _job_url(dashboard_url, job_id)
     payload = _get_json(url, timeout_s=timeout_s, missing_ok=True)
     if payload is None:
         return None
@@ -196,7 +200,7 @@ def job_logs(dashboard_url: str, job_id: str, *, timeout_s: float = DASHBOARD_TI
     Raises:
         DashboardError: the dashboard did not respond, or the cluster has no such job.
     """
-    url = f"{dashboard_url.rstrip('/')}/api/jobs/{urllib.parse.quote(job_id, safe='')}/logs"
+    url = _job_url(dashboard_url, job_id) + "/logs"
     payload = _get_json(url, timeout_s=timeout_s)
     if not isinstance(payload, dict):
         raise DashboardError(url, "the response has no logs")

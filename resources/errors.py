@@ -6,6 +6,9 @@ is picklable, because Ray and Dagster move exceptions across processes.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 
 class PlatformError(Exception):
     """Base class of every error the platform raises on purpose."""
@@ -22,6 +25,14 @@ class InvalidRequestError(PlatformError, ValueError):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.problem}. {self.fix}"
+
+
+def rename_fields(text: str, names: Mapping[str, str]) -> str:
+    """Replace each snake_case word of ``text`` that ``names`` maps, such as ``gpu_type``, with its name there.
+
+    Only snake_case words, because a one-word field such as "workers" is also a plain word in messages.
+    """
+    return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda found: names.get(found[0], found[0]), text)
 
 
 class ClusterStartError(PlatformError):

@@ -150,7 +150,7 @@ class LocalRegistry:
         self._write_json(self.ending_path(name), {"reason": reason, "at": at.isoformat()})
 
     def ending(self, name: str) -> Ending | None:
-        """Read why cluster ``name`` last stopped on its own; ``None`` if no note exists or it is unreadable."""
+        """Read why cluster ``name`` last stopped on its own, or return ``None`` if no readable note exists."""
         try:
             data = json.loads(self.ending_path(name).read_text(encoding="utf-8"))
             return Ending(reason=str(data["reason"]), at=dt.datetime.fromisoformat(data["at"]))

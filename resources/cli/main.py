@@ -38,7 +38,7 @@ from resources.cli.backends import (
 )
 from resources.cluster import RayClusterResource
 from resources.dashboard import DashboardError, node_usage
-from resources.errors import ClusterStartError, InvalidRequestError, PlatformError, RayJobError
+from resources.errors import ClusterStartError, InvalidRequestError, PlatformError, RayJobError, rename_fields
 from resources.history import TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord, state_dir
 from resources.jobs import JOB_POLL_INTERVAL_S, run_job
 from resources.kuberay.inventory import ClusterSummary
@@ -104,11 +104,6 @@ def option_for(field: str) -> str:
     return next((option for marker, option in rules if marker in field), field)
 
 
-def _in_options(text: str) -> str:
-    """Replace the request fields that ``text`` names, such as ``gpu_type``, with their options."""
-    return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda found: _OPTION_OF_FIELD.get(found[0], found[0]), text)
-
-
 class CommandError(click.ClickException):
     """An error shown as ``Error: <message>`` with its own exit code."""
 
@@ -128,9 +123,10 @@ def handle_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except InvalidRequestError as err:
+            problem = rename_fields(err.problem, _OPTION_OF_FIELD)
+            fix = rename_fields(err.fix, _OPTION_OF_FIELD)
             raise CommandError(
-                f"{option_for(err.field)}: {_in_options(err.problem)}. {_in_options(err.fix)} Nothing was created.",
-                EXIT_INVALID_REQUEST,
+                f"{option_for(err.field)}: {problem}. {fix} Nothing was created.", EXIT_INVALID_REQUEST
             ) from err
         except ClusterNotFoundError as err:
             raise CommandError(str(err), EXIT_NOT_FOUND) from err

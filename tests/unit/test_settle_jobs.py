@@ -134,6 +134,6 @@ def test_settle_hung_dashboard_times_out(hung_dashboard: str, history: JobHistor
     assert time.monotonic() - started < 5
 
 
-def test_settle_broken_response_is_dashboard_error(broken_dashboard: str, history: JobHistory) -> None:
-    with pytest.raises(DashboardError, match="a broken response"):
+def test_settle_truncated_response_raises(broken_dashboard: str, history: JobHistory) -> None:
+    with pytest.raises(DashboardError, match="an incomplete or malformed response"):
         settle_jobs(history, history.list(cluster="exp-a"), broken_dashboard, timeout_s=5)

@@ -81,7 +81,7 @@ def test_shard_above_limit_streams_every_epoch() -> None:
     assert rows == 100
 
 
-def test_first_epoch_trains_before_the_next_chunk_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_first_epoch_trains_while_reading(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train_loop, "READ_ROWS", 100)
     frame = examples(250)
     shard = FakeShard(frame)
@@ -101,7 +101,7 @@ def test_first_epoch_trains_before_the_next_chunk_arrives(monkeypatch: pytest.Mo
     assert shard.passes == 1
 
 
-def test_read_rows_is_a_whole_number_of_batches() -> None:
+def test_read_rows_whole_batches() -> None:
     assert read_rows(256) == READ_ROWS
     assert read_rows(1000) == READ_ROWS // 1000 * 1000
     assert read_rows(READ_ROWS * 2) == READ_ROWS * 2
