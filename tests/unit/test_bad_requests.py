@@ -546,9 +546,7 @@ def storage(tmp_path: Path) -> TrainingStorage:
 def test_ratings_partition_outside_data(
     storage: TrainingStorage, tmp_path: Path, partitions: dg.PartitionKeyRange
 ) -> None:
-    context = dg.build_asset_context(partition_key_range=partitions)
-
-    with pytest.raises(SourceError) as caught:
+    with dg.build_asset_context(partition_key_range=partitions) as context, pytest.raises(SourceError) as caught:
         ratings_daily(context, ratings_source=RatingsSource(), storage=storage)
 
     assert_names_field(caught.value, "partition", "Pick a partition inside the range")
@@ -557,9 +555,8 @@ def test_ratings_partition_outside_data(
 
 
 def test_reversed_ratings_range_rejected(storage: TrainingStorage, tmp_path: Path) -> None:
-    context = dg.build_asset_context(partition_key_range=dg.PartitionKeyRange("1998-04-10", "1998-04-01"))
-
-    with pytest.raises(SourceError) as caught:
+    reversed_days = dg.PartitionKeyRange("1998-04-10", "1998-04-01")
+    with dg.build_asset_context(partition_key_range=reversed_days) as context, pytest.raises(SourceError) as caught:
         ratings_daily(context, ratings_source=RatingsSource(), storage=storage)
 
     assert_names_field(caught.value, "partition", "Give the earlier day first: 1998-04-01...1998-04-10")
@@ -578,14 +575,13 @@ def test_unknown_partition_rejected_by_dagster(storage: TrainingStorage, tmp_pat
 
 
 def test_evaluation_of_last_day_rejected(storage: TrainingStorage) -> None:
-    context = dg.build_asset_context(partition_key=LAST_DAY.isoformat())
-
-    # The asset yields its result and checks, so its body runs only when iterated.
-    outputs = ranking_model_evaluation(
-        context, storage=storage, ratings_source=RatingsSource(), ranking_settings=RankingSettings()
-    )
-    with pytest.raises(SourceError) as caught:
-        list(outputs)
+    with dg.build_asset_context(partition_key=LAST_DAY.isoformat()) as context:
+        # The asset yields its result and checks, so its body runs only when iterated.
+        outputs = ranking_model_evaluation(
+            context, storage=storage, ratings_source=RatingsSource(), ranking_settings=RankingSettings()
+        )
+        with pytest.raises(SourceError) as caught:
+            list(outputs)
 
     assert_names_field(caught.value, "partition", "Evaluate partitions up to 1998-04-21")
 

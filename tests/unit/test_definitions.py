@@ -36,9 +36,8 @@ def test_schedule_runs_previous_day() -> None:
         schedules=[build_daily_retrain_schedule(hour_utc=5)],
         resources=defs.resources,
     ).resolve_schedule_def("daily_retrain_schedule")
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(1998, 3, 16, 5, tzinfo=dt.UTC))
-
-    requests = list(schedule.evaluate_tick(context).run_requests or [])
+    with dg.build_schedule_context(scheduled_execution_time=dt.datetime(1998, 3, 16, 5, tzinfo=dt.UTC)) as context:
+        requests = list(schedule.evaluate_tick(context).run_requests or [])
 
     assert schedule.cron_schedule == "0 5 * * *"
     assert len(requests) == 1

@@ -19,8 +19,8 @@ HOLDOUT_DAY = "1997-10-02"
 def storage(tmp_path_factory: pytest.TempPathFactory) -> TrainingStorage:
     """Store the real ratings up to the hold-out day, and an untrained model for each of three days."""
     storage = TrainingStorage(root=str(tmp_path_factory.mktemp("storage")))
-    context = dg.build_asset_context(partition_key_range=dg.PartitionKeyRange("1997-09-20", HOLDOUT_DAY))
-    ratings_daily(context, ratings_source=RatingsSource(), storage=storage)
+    with dg.build_asset_context(partition_key_range=dg.PartitionKeyRange("1997-09-20", HOLDOUT_DAY)) as context:
+        ratings_daily(context, ratings_source=RatingsSource(), storage=storage)
     config = ModelConfig()
     for day in ("1997-09-25", DAY, HOLDOUT_DAY):
         storage.write_bytes(model_to_bytes(RankingModel(config), config), MODEL_FOLDER, day, MODEL_FILE)
@@ -28,12 +28,12 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> TrainingStorage:
 
 
 def evaluate_day(storage: TrainingStorage) -> tuple[dict[str, object], dict[str, dg.MetadataValue]]:
-    context = dg.build_asset_context(partition_key=DAY)
-    outputs = list(
-        ranking_model_evaluation(
-            context, storage=storage, ratings_source=RatingsSource(), ranking_settings=RankingSettings()
+    with dg.build_asset_context(partition_key=DAY) as context:
+        outputs = list(
+            ranking_model_evaluation(
+                context, storage=storage, ratings_source=RatingsSource(), ranking_settings=RankingSettings()
+            )
         )
-    )
     materialization = next(output for output in outputs if isinstance(output, dg.MaterializeResult))
     return storage.read_json(EVALUATION_FOLDER, f"{DAY}.json"), dict(materialization.metadata or {})
 

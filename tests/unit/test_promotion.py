@@ -190,7 +190,8 @@ def test_backfill_keeps_newer_champion(tmp_path: Path) -> None:
         "1998-01-10.json",
     )
 
-    result = production_model(dg.build_asset_context(partition_key="1998-01-10"), storage=storage)
+    with dg.build_asset_context(partition_key="1998-01-10") as context:
+        result = production_model(context, storage=storage)
 
     assert result.metadata["promoted"].value is False
     assert (tmp_path / "production" / "champion.json").read_bytes() == before
