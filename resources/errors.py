@@ -28,11 +28,17 @@ class InvalidRequestError(PlatformError, ValueError):
 
 
 def rename_fields(text: str, names: Mapping[str, str]) -> str:
-    """Replace each snake_case word of ``text`` that ``names`` maps, such as ``gpu_type``, with its name there.
+    """Replace each field of ``text`` that ``names`` maps with its name there.
 
-    Only snake_case words, because a one-word field such as "workers" is also a plain word in messages.
+    A field is a snake_case word such as ``gpu_type``, or any word in backticks. Messages put a
+    one-word field such as `workers` in backticks, because "workers" is also a plain word.
     """
-    return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda found: names.get(found[0], found[0]), text)
+
+    def rename(match: re.Match[str]) -> str:
+        field = match[1] or match[0]
+        return names.get(field, match[0])
+
+    return re.sub(r"`(\w+)`|\b[a-z]+(?:_[a-z]+)+\b", rename, text)
 
 
 class ClusterStartError(PlatformError):

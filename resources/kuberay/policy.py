@@ -333,10 +333,12 @@ def apply_policy(manifest: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     workers = spec.setdefault("workerGroupSpecs", [])
     total_workers = sum(_worker_count(group) for group in workers)
     if total_workers > policy.max_workers:
+        # An autoscaling group's largest size is max_workers; a fixed one's is `workers`.
+        bound = "max_workers" if autoscaling else "`workers`"
         raise InvalidRequestError(
             "spec.workerGroupSpecs[*].maxReplicas",
             f"{total_workers} workers are above the policy maximum of {policy.max_workers}",
-            f"Ask for at most {policy.max_workers} workers (workers and max_workers).",
+            f"Ask for at most {policy.max_workers} workers ({bound}).",
         )
 
     # The autoscaler sidecar in the head pod lists pods and patches the RayCluster through the
@@ -363,7 +365,7 @@ def apply_policy(manifest: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
             "spec.workerGroupSpecs[*].template.spec.containers[*].resources.limits.nvidia.com/gpu",
             f"the cluster needs {total_gpus} GPUs at its maximum size, above the policy maximum of "
             f"{policy.max_gpus_per_cluster}",
-            "Lower gpus_per_worker or the number of workers.",
+            "Lower gpus_per_worker or `workers`.",
         )
 
     if autoscaling:

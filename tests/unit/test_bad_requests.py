@@ -132,12 +132,15 @@ SHARED_CASES = [
 
 KUBERAY_CASES = [
     pytest.param(
-        {"workers": 33}, "spec.workerGroupSpecs[*].maxReplicas", "Ask for at most 32 workers", id="workers-policy"
+        {"workers": 33},
+        "spec.workerGroupSpecs[*].maxReplicas",
+        "Ask for at most 32 workers (`workers`).",
+        id="workers-policy",
     ),
     pytest.param(
         {"workers": 2, "max_workers": 100},
         "spec.workerGroupSpecs[*].maxReplicas",
-        "Ask for at most 32 workers",
+        "Ask for at most 32 workers (max_workers).",
         id="max-workers-policy",
     ),
     pytest.param({"min_workers": -1}, "min_workers", "Use 0 or more, or leave it unset.", id="min-workers-negative"),
@@ -199,7 +202,7 @@ LOCAL_CASES = [
     pytest.param(
         {"memory_per_worker": "4096Ti"},
         "memory_per_worker",
-        "Lower workers, memory_per_worker or object_store_memory.",
+        "Lower `workers`, memory_per_worker or object_store_memory.",
         id="memory-above-machine",
     ),
 ]
@@ -370,7 +373,13 @@ SHARED_OPTION_CASES = [
 ]
 
 KUBERAY_OPTION_CASES = [
-    pytest.param(("--workers", "100000"), "--workers", "Ask for at most 32 workers", id="workers-absurd"),
+    pytest.param(("--workers", "100000"), "--workers", "Ask for at most 32 workers (--workers).", id="workers-absurd"),
+    pytest.param(
+        ("--template", "gpu", "--workers", "9", "--gpus-per-worker", "4", "--gpu-type", "l4"),
+        "--gpus-per-worker",
+        "Lower --gpus-per-worker or --workers.",
+        id="gpus-policy",
+    ),
     pytest.param(("--cpus", "65"), "--cpus", "Ask for at most 64 CPUs per worker", id="cpus-policy"),
     pytest.param(("--memory", "300Gi"), "--memory", "Lower --memory", id="memory-policy"),
     pytest.param(("--gpus-per-worker", "1"), "--gpu-type", "Set --gpu-type, such as 'l4'.", id="gpus-without-type"),
@@ -393,7 +402,7 @@ LOCAL_OPTION_CASES = [
     pytest.param(
         ("--memory", "4096Ti"),
         "--memory",
-        "Lower workers, --memory or RAY_OBJECT_STORE_MEMORY.",
+        "Lower --workers, --memory or RAY_OBJECT_STORE_MEMORY.",
         id="memory-above-machine",
     ),
     pytest.param(

@@ -31,7 +31,7 @@ def test_demo_machine_check_names_variables(tmp_path: Path) -> None:
 
     assert result.returncode == 2, result.stderr
     assert "demo: invalid setting RAY_MEMORY_PER_WORKER: 256 workers x (64Gi + " in result.stderr
-    assert "Lower workers, RAY_MEMORY_PER_WORKER or RAY_OBJECT_STORE_MEMORY." in result.stderr
+    assert "Lower RAY_WORKERS, RAY_MEMORY_PER_WORKER or RAY_OBJECT_STORE_MEMORY." in result.stderr
     assert not (tmp_path / "dagster").exists()
 
 

@@ -148,7 +148,7 @@ def test_validate_rejects_memory_above_machine() -> None:
     assert caught.value.field == "memory_per_worker"
     assert "the head (512Mi + 256Mi) need 17.8 GiB" in message
     assert "8.0 GiB" in message
-    assert "Lower workers" in message
+    assert "Lower `workers`" in message
 
 
 def test_validate_accepts_memory_equal_to_machine() -> None:
