@@ -30,7 +30,7 @@ from resources.errors import ClusterStartError, PlatformError
 from resources.history import HistoryError
 from resources.local import DEFAULT_NODE_IP, LocalRayCluster
 from resources.local_registry import LocalRegistry, record_of
-from resources.recorder import open_history, settle_jobs, unfinished_jobs
+from resources.recorder import open_history, other_histories, settle_jobs, unfinished_jobs
 from resources.spec import ClusterSpec, format_duration
 
 logger = logging.getLogger("resources.local_keeper")
@@ -99,10 +99,12 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
         return _report_failure(name, err)
     finally:
         if reason is not None and info is not None:
-            try:
-                _end_jobs(name, info.dashboard_url, reason)
-            except Exception:  # noqa: BLE001 - nothing in the job history may keep the cluster running
-                logger.exception("Failed to record the end of the jobs of %s", name)
+            # The keeper's own history, then each other one that `trainctl submit` recorded a job in.
+            for url in [None, *other_histories(None, registry.histories(name))]:
+                try:
+                    _end_jobs(name, info.dashboard_url, reason, url)
+                except Exception:  # noqa: BLE001 - nothing in the job history may keep the cluster running
+                    logger.exception("Failed to record the end of the jobs of %s", name)
         cluster.stop()
         if reason is not None:
             try:
@@ -112,13 +114,14 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
         registry.remove(name)
 
 
-def _end_jobs(name: str, dashboard_url: str, reason: str) -> None:
+def _end_jobs(name: str, dashboard_url: str, reason: str, history_url: str | None) -> None:
     """Record the jobs of a cluster that stops on its own: their real end where Ray has one, LOST otherwise.
 
     ``trainctl down`` does the same for a cluster it deletes. Without it, a job whose
-    ``submit`` was killed stayed RUNNING in the history for good.
+    ``submit`` was killed stayed RUNNING in the history for good. ``history_url`` is the
+    history to update, the default one when ``None``.
     """
-    history = open_history(None, warn=logger.warning)
+    history = open_history(history_url, warn=logger.warning)
     if history is None:
         return
     try:

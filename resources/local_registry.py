@@ -6,15 +6,18 @@ or the keeper process that ``trainctl up`` leaves behind. Each cluster has a JSO
 its Ray nodes, with their start times, so that a recycled PID is never mistaken for
 one of ours. A file whose holder has died is stale and is removed when read. A cluster
 that its keeper stopped on its own leaves ``<name>.ended`` with the reason, until a new
-cluster takes the name.
+cluster takes the name. ``<name>.histories/`` lists the job histories that ``trainctl submit``
+recorded the cluster's jobs in, so that the keeper or ``trainctl down`` records their end there.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -141,6 +144,44 @@ class LocalRegistry:
         """Return the path of the note with the reason the keeper stopped cluster ``name`` on its own."""
         return self.root / f"{name}.ended"
 
+    def histories_path(self, name: str) -> Path:
+        """Return the folder that lists the job histories of cluster ``name``'s jobs."""
+        return self.root / f"{name}.histories"
+
+    def add_history(self, name: str, url: str) -> None:
+        """Note that jobs of cluster ``name`` are recorded in the job history at ``url``.
+
+        One file per URL, named by its hash, so that two submissions at once never lose one.
+        The URL may hold a database password, so the folder and file are readable by their owner only.
+        """
+        folder = self.histories_path(name)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.url"
+        if path.exists():
+            return
+        handle, temporary = tempfile.mkstemp(prefix=".url.", dir=folder)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                stream.write(url)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def histories(self, name: str) -> list[str]:
+        """Return the job history URLs noted for cluster ``name``, in no particular order."""
+        try:
+            paths = sorted(self.histories_path(name).glob("*.url"))
+        except OSError:
+            return []
+        urls = []
+        for path in paths:
+            try:
+                urls.append(path.read_text(encoding="utf-8"))
+            except OSError as err:
+                logger.warning("Ignoring the unreadable job history note %s: %s", path, err)
+        return urls
+
     def write(self, record: LocalClusterRecord) -> None:
         """Write or replace a record atomically, so a reader never sees half of it."""
         self._write_json(self.path(record.name), record.to_json())
@@ -195,8 +236,9 @@ class LocalRegistry:
                 continue
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 json.dump(asdict(ProcessRef.of(os.getpid())), stream)
-            # The name now belongs to a new cluster, so the note on the last one no longer applies.
+            # The name now belongs to a new cluster, so the notes on the last one no longer apply.
             self.ending_path(name).unlink(missing_ok=True)
+            shutil.rmtree(self.histories_path(name), ignore_errors=True)
             return True
         return False
 
@@ -205,9 +247,10 @@ class LocalRegistry:
         (self.root / f"{name}.starting").unlink(missing_ok=True)
 
     def remove(self, name: str) -> None:
-        """Remove a cluster's record and its keeper's log; nothing happens if they are gone."""
+        """Remove a cluster's record, its keeper's log and its job history notes; nothing happens if they are gone."""
         self.path(name).unlink(missing_ok=True)
         self.log_path(name).unlink(missing_ok=True)
+        shutil.rmtree(self.histories_path(name), ignore_errors=True)
 
     def get(self, name: str) -> LocalClusterRecord | None:
         """Read the record of a live cluster; a stale or unreadable record is removed and ``None`` returned."""

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from resources.dashboard import DASHBOARD_TIMEOUT_S, job_logs, job_state
-from resources.history import LOG_TAIL_LINES, TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord
+from resources.history import (
+    LOG_TAIL_LINES,
+    TERMINAL_STATUSES,
+    HistoryError,
+    JobHistory,
+    JobRecord,
+    default_history_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +82,17 @@ def open_history(url: str | None, *, warn: Callable[[str], None] | None = None) 
     except HistoryError as err:
         (warn or (lambda message: logger.warning("%s", message)))(f"Jobs are not recorded in the history: {err}")
         return None
+
+
+def other_histories(first: str | None, noted: Iterable[str]) -> list[str]:
+    """Return the URLs in ``noted`` other than ``first`` (the default history when ``None``), each once."""
+    seen = {first or default_history_url()}
+    others = []
+    for url in noted:
+        if url not in seen:
+            seen.add(url)
+            others.append(url)
+    return others
 
 
 def unfinished_jobs(history: JobHistory, cluster: str) -> list[JobRecord]:

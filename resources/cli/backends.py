@@ -143,6 +143,10 @@ class Clusters(Protocol):
 
     def delete(self, name: str) -> None: ...
 
+    def note_history(self, name: str, url: str) -> None: ...
+
+    def noted_histories(self, name: str) -> list[str]: ...
+
 
 class KubeRayClusters:
     """RayClusters in one namespace, through the API server."""
@@ -279,6 +283,13 @@ class KubeRayClusters:
         """Delete the RayCluster; raises ``ClusterNotFoundError`` when it does not exist."""
         self._get(name)
         self._lifecycle().delete(name)
+
+    def note_history(self, name: str, url: str) -> None:
+        """Do nothing: a RayCluster has no keeper that stops it, so only ``trainctl down`` records its jobs' end."""
+
+    def noted_histories(self, name: str) -> list[str]:
+        """Return no URLs, as :meth:`note_history` keeps none."""
+        return []
 
 
 def _local_summary(record: LocalClusterRecord, *, ready_workers: int | None) -> ClusterSummary:
@@ -452,6 +463,18 @@ class LocalClusters:
     def dashboard(self, name: str) -> Iterator[str]:
         """Yield the URL of the cluster's dashboard."""
         yield self._record(name).dashboard_url
+
+    def note_history(self, name: str, url: str) -> None:
+        """Note that the cluster's jobs are recorded at ``url``, for its keeper and ``trainctl down``.
+
+        Raises:
+            OSError: the note could not be written.
+        """
+        self.registry.add_history(name, url)
+
+    def noted_histories(self, name: str) -> list[str]:
+        """Return the job history URLs noted for the cluster."""
+        return self.registry.histories(name)
 
     def details(self, name: str) -> dict[str, Any]:
         """Describe the holder process, with the keeper's log lines as the local counterpart of events."""

@@ -39,13 +39,13 @@ from resources.cli.backends import (
 from resources.cluster import RayClusterResource
 from resources.dashboard import DashboardError, node_usage
 from resources.errors import ClusterStartError, InvalidRequestError, PlatformError, RayJobError, rename_fields
-from resources.history import TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord, state_dir
+from resources.history import TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord, default_history_url, state_dir
 from resources.jobs import JOB_POLL_INTERVAL_S, run_job
 from resources.kuberay.inventory import ClusterSummary
 from resources.kuberay.lifecycle import ClusterConflictError
 from resources.kuberay.manifest import manifest_to_yaml
 from resources.kuberay.naming import check_label_value
-from resources.recorder import HistoryRecorder, open_history, settle_jobs, unfinished_jobs
+from resources.recorder import HistoryRecorder, open_history, other_histories, settle_jobs, unfinished_jobs
 from resources.spec import format_duration, format_size, parse_duration_minutes, parse_memory
 
 EXIT_OK = 0
@@ -585,6 +585,12 @@ def submit(
         raise InvalidRequestError(
             "--job-id", f"job {submission_id!r} is already in the history", "Choose another --job-id, or leave it out."
         )
+    if history is not None:
+        # The keeper or `trainctl down` then records the end of the cluster's unfinished jobs here too.
+        try:
+            clusters.note_history(name, history_url or default_history_url())
+        except OSError as err:
+            _warn(f"the cluster's keeper will not update this job's history if it stops the cluster: {err}")
 
     from ray.job_submission import JobSubmissionClient
 
@@ -758,17 +764,31 @@ def down(
     history = open_history(history_url, warn=_warn)
     try:
         for target in targets:
-            if history is not None:
-                _settle_jobs(clusters, history, target.name)
-            clusters.delete(target.name)
-            lost = 0
-            if history is not None:
-                lost = history.mark_lost(target.name, message="its cluster was deleted before the job ended", at=_now())
+            lost = _delete(clusters, target.name, history, history_url)
             note = f"; {lost} unfinished job(s) marked LOST" if lost else ""
             click.echo(f"Deleted {target.name}{note}")
     finally:
         if history is not None:
             history.close()
+
+
+def _delete(clusters: Clusters, name: str, history: JobHistory | None, history_url: str | None) -> int:
+    """Delete cluster ``name`` and record its jobs' end in ``history`` and in each history noted for it.
+
+    Returns how many unfinished jobs were marked LOST.
+    """
+    others = [open_history(url, warn=_warn) for url in other_histories(history_url, clusters.noted_histories(name))]
+    histories = [item for item in (history, *others) if item is not None]
+    try:
+        for item in histories:
+            _settle_jobs(clusters, item, name)
+        clusters.delete(name)
+        message = "its cluster was deleted before the job ended"
+        return sum(item.mark_lost(name, message=message, at=_now()) for item in histories)
+    finally:
+        for item in others:
+            if item is not None:
+                item.close()
 
 
 def _settle_jobs(clusters: Clusters, history: JobHistory, name: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from resources.cluster import RayClusterResource
 from resources.history import JobHistory, JobRecord
+from resources.local_registry import LocalRegistry
 from tests.integration.conftest import is_running
 from tests.integration.trainctl_helpers import TRAINCTL, run_trainctl, trainctl_env
 
@@ -45,6 +46,7 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
     assert "1 of 1 workers registered" in up.stderr
     record_path = tmp_path / "state" / "clusters" / "exp-local.json"
     holder_pid = json.loads(record_path.read_text())["holder"]["pid"]
+    other_history = f"sqlite:///{tmp_path / 'other-history.db'}"
 
     try:
         listed = run_trainctl(env, "list", "-o", "json")
@@ -96,10 +98,11 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
         )
         assert many.returncode == 0, many.stderr
 
-        # A job whose submitter was killed still gets its real end recorded when the cluster goes.
+        # A job whose submitter was killed still gets its real end recorded when the cluster goes,
+        # in the history that its submitter named, not only in the default one.
         orphaned = subprocess.Popen(
-            [TRAINCTL, "submit", "exp-local", "--job-id", "job-unwatched", "--", "python", "-c",
-             "import time; time.sleep(4); print('finished alone')"],
+            [TRAINCTL, "submit", "exp-local", "--job-id", "job-unwatched", "--history-url", other_history, "--",
+             "python", "-c", "import time; time.sleep(4); print('finished alone')"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         assert orphaned.stdout is not None
@@ -121,11 +124,16 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
     assert not is_running(holder_pid)
     assert run_trainctl(env, "list", "-o", "json").json() == []
 
+    assert not (tmp_path / "state" / "clusters" / "exp-local.histories").exists()
+
     # The history outlives the cluster.
+    other = run_trainctl(env, "history", "--history-url", other_history, "-o", "json").json()
+    assert [record["job_id"] for record in other] == ["job-unwatched"]
+    assert other[0]["status"] == "SUCCEEDED"
+    assert "finished alone" in other[0]["log_tail"]
     history = run_trainctl(env, "history", "-o", "json")
     statuses = {record["job_id"]: record for record in history.json()}
-    assert statuses["job-unwatched"]["status"] == "SUCCEEDED"
-    assert "finished alone" in statuses["job-unwatched"]["log_tail"]
+    assert "job-unwatched" not in statuses
     assert len(statuses["job-many"]["log_tail"].splitlines()) == 200
     assert statuses["job-many"]["log_tail"].splitlines()[-1] == "299"
     assert statuses["job-ok"]["status"] == "SUCCEEDED"
@@ -205,14 +213,20 @@ def test_down_expired_and_keeper_expiry(env: dict[str, str], tmp_path: Path) -> 
 
 
 def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: Path) -> None:
-    # A job that no submitter watches, such as one whose `trainctl submit` was killed.
-    history = JobHistory(env["TRAINING_HISTORY_URL"])
-    unwatched = JobRecord(
-        job_id="job-unwatched", cluster="exp-short", backend="local", entrypoint="python train.py",
-        submitter="alice", origin="manual", submitted_at=dt.datetime.now(dt.UTC), status="RUNNING",
-    )  # fmt: skip
-    history.record_submitted(unwatched)
+    # Jobs that no submitter watches, such as those whose `trainctl submit` was killed: one in the
+    # default history, one in a history that its submitter named with --history-url.
     registry = tmp_path / "state" / "clusters"
+    other_url = f"sqlite:///{tmp_path / 'other-history.db'}"
+    LocalRegistry(registry).add_history("exp-short", other_url)
+    history = JobHistory(env["TRAINING_HISTORY_URL"])
+    other_history = JobHistory(other_url)
+    for job_id, target in (("job-unwatched", history), ("job-elsewhere", other_history)):
+        target.record_submitted(
+            JobRecord(
+                job_id=job_id, cluster="exp-short", backend="local", entrypoint="python train.py",
+                submitter="alice", origin="manual", submitted_at=dt.datetime.now(dt.UTC), status="RUNNING",
+            )
+        )  # fmt: skip
     keeper = subprocess.Popen(
         [
             str(Path(TRAINCTL).parent / "python"), "-m", "resources.local_keeper", "--name=exp-short",
@@ -237,7 +251,12 @@ def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: 
     assert lost is not None
     assert lost.status == "LOST"
     assert lost.message == "its cluster stopped because its lifetime of 3s ended"
+    elsewhere = other_history.get("job-elsewhere")
+    assert elsewhere is not None
+    assert elsewhere.status == "LOST"
+    assert not (registry / "exp-short.histories").exists()
     history.close()
+    other_history.close()
     status = run_trainctl(env, "status", "exp-short")
     assert status.returncode == 4
     assert "because its lifetime of 3s ended." in status.stderr

@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 import psutil
+import pytest
 
 from resources.cluster import RayClusterResource
 from resources.kuberay.inventory import summarize
@@ -19,6 +20,7 @@ from resources.kuberay.orphans import find_orphans
 from resources.kuberay.policy import load_policy
 from resources.local import LocalRayCluster
 from resources.local_registry import LocalRegistry, ProcessRef, record_of
+from resources.recorder import other_histories
 from resources.spec import ClusterSpec
 from tests.kube_standin import RAYCLUSTERS, KubeStandin
 from training_pipelines.defs.clusters import orphaned_ray_clusters_sensor
@@ -193,3 +195,37 @@ def test_registry_ignores_unreadable_ending(tmp_path: Path) -> None:
     registry.ending_path("exp-d").write_text("{not json")
 
     assert registry.ending("exp-d") is None
+
+
+def test_registry_notes_each_history_once(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path)
+    secret = "postgresql://trainer:s3cret@db.internal/history"
+    registry.add_history("exp-e", secret)
+    registry.add_history("exp-e", secret)
+    registry.add_history("exp-e", "sqlite:////tmp/other.db")
+
+    assert sorted(registry.histories("exp-e")) == [secret, "sqlite:////tmp/other.db"]
+    assert registry.histories("exp-f") == []
+    # The URLs may hold passwords, so only their owner can read them.
+    for path in registry.histories_path("exp-e").iterdir():
+        assert path.stat().st_mode & 0o077 == 0
+    assert registry.histories_path("exp-e").stat().st_mode & 0o077 == 0
+
+
+def test_registry_history_notes_go_with_cluster(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path)
+    registry.add_history("exp-g", "sqlite:////tmp/a.db")
+    registry.remove("exp-g")
+    assert registry.histories("exp-g") == []
+
+    registry.add_history("exp-h", "sqlite:////tmp/a.db")
+    assert registry.claim("exp-h")
+    assert registry.histories("exp-h") == []
+
+
+def test_other_histories_skip_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINING_HISTORY_URL", "sqlite:////tmp/default.db")
+    noted = ["sqlite:////tmp/default.db", "sqlite:////tmp/b.db", "sqlite:////tmp/b.db", "sqlite:////tmp/c.db"]
+
+    assert other_histories(None, noted) == ["sqlite:////tmp/b.db", "sqlite:////tmp/c.db"]
+    assert other_histories("sqlite:////tmp/b.db", noted) == ["sqlite:////tmp/default.db", "sqlite:////tmp/c.db"]
