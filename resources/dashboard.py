@@ -92,7 +92,13 @@ def _get_json(url: str, *, timeout_s: float, missing_ok: bool = False) -> Any:
     except urllib.error.HTTPError as err:
         if missing_ok and err.code == 404:
             return None
-        raise DashboardError(url, f"HTTP {err.code} {err.reason}") from err
+        reason = f"HTTP {err.code} {err.reason}"
+        if err.code in (401, 403):
+            reason += (
+                ", so the cluster uses token authentication. Set RAY_AUTH_MODE=token and the cluster's "
+                "token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+            )
+        raise DashboardError(url, reason) from err
     # OSError covers refused and reset connections and timeouts.
     except OSError as err:
         raise DashboardError(url, f"no response ({err})") from err

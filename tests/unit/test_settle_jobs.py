@@ -3,6 +3,9 @@
 import datetime as dt
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from resources.dashboard import DashboardError, job_state
 from resources.history import JobHistory, JobRecord
 from resources.recorder import settle_jobs
 
+TOKEN = "0123456789abcdef0123456789abcdef"
 SUBMITTED = dt.datetime(2026, 12, 5, 17, 0, tzinfo=dt.UTC)
 ENDED_MS = int(dt.datetime(2026, 12, 5, 17, 5, tzinfo=dt.UTC).timestamp() * 1000)
 JOBS = {
@@ -27,9 +31,14 @@ class JobsApi(http.server.BaseHTTPRequestHandler):
 
     hang_s = 0.0
     truncate = False
+    # With a token, a request without "Authorization: Bearer <token>" gets 401, as from Ray's token authentication.
+    token = ""
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         time.sleep(self.hang_s)
+        if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
+            self.send_error(401, "Unauthorized: Missing authentication token")
+            return
         if self.truncate:
             # The promised body never arrives whole, as from a head that dies mid-response.
             self.send_response(200)
@@ -54,8 +63,8 @@ class JobsApi(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(hang_s: float = 0.0, *, truncate: bool = False) -> Iterator[str]:
-    handler = type("Handler", (JobsApi,), {"hang_s": hang_s, "truncate": truncate})
+def serve(hang_s: float = 0.0, *, truncate: bool = False, token: str = "") -> Iterator[str]:
+    handler = type("Handler", (JobsApi,), {"hang_s": hang_s, "truncate": truncate, "token": token})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -80,6 +89,11 @@ def hung_dashboard() -> Iterator[str]:
 @pytest.fixture
 def broken_dashboard() -> Iterator[str]:
     yield from serve(truncate=True)
+
+
+@pytest.fixture
+def token_dashboard() -> Iterator[str]:
+    yield from serve(token=TOKEN)
 
 
 @pytest.fixture
@@ -137,3 +151,21 @@ def test_settle_hung_dashboard_times_out(hung_dashboard: str, history: JobHistor
 def test_settle_truncated_response_raises(broken_dashboard: str, history: JobHistory) -> None:
     with pytest.raises(DashboardError, match="an incomplete or malformed response"):
         settle_jobs(history, history.list(cluster="exp-a"), broken_dashboard, timeout_s=5)
+
+
+def test_job_state_sends_ray_token(token_dashboard: str, tmp_path: Path) -> None:
+    # Ray reads the authentication mode and token once per process, so a new process gets them.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "HOME": str(tmp_path)}
+    script = "import sys; from resources.dashboard import job_state; print(job_state(sys.argv[1], 'job-done').status)"
+
+    result = subprocess.run(
+        [sys.executable, "-c", script, token_dashboard], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "SUCCEEDED"
+
+
+def test_job_state_without_token_fails(token_dashboard: str) -> None:
+    with pytest.raises(DashboardError, match="HTTP 401 .* Set RAY_AUTH_MODE=token"):
+        job_state(token_dashboard, "job-done")
