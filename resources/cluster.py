@@ -27,7 +27,7 @@ from resources.kuberay.naming import check_api_url, check_label_value, check_nam
 from resources.kuberay.policy import Policy, load_policy
 from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster, visible_gpus
 from resources.local_registry import LocalRegistry, record_of
-from resources.recorder import HistoryRecorder, open_history
+from resources.recorder import HistoryRecorder, mark_lost_in, open_history, other_histories
 from resources.spec import ClusterSpec, parse_memory
 
 logger = logging.getLogger(__name__)
@@ -473,6 +473,12 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             self._cluster.stop()
             self._cluster = None
             if self._registry is not None:
+                # Jobs that `trainctl submit` sent to this run's cluster, recorded in other histories.
+                try:
+                    noted = other_histories(self.history_url, self._registry.histories(name))
+                    mark_lost_in(noted, name, message="its cluster was removed before the job ended")
+                except Exception:  # noqa: BLE001 - the rest of the teardown still runs
+                    logger.exception("Failed to update the job histories noted for %s", name)
                 self._registry.remove(name)
             if self._history is not None:
                 # A job still marked running when its cluster goes never reports its end.

@@ -85,7 +85,16 @@ def _auth_headers() -> dict[str, str]:
 
 def _get_json(url: str, *, timeout_s: float, missing_ok: bool = False) -> Any:
     """Read JSON from ``url``, or return ``None`` for HTTP 404 when ``missing_ok``."""
-    request = urllib.request.Request(url, headers=_auth_headers())
+    from ray.exceptions import RayError
+
+    try:
+        headers = _auth_headers()
+    except RayError as err:
+        # Ray raises this when RAY_AUTH_MODE=token finds no token; its own message is long.
+        raise DashboardError(
+            url, "RAY_AUTH_MODE=token is set but no token was found. Set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+        ) from err
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
@@ -93,9 +102,11 @@ def _get_json(url: str, *, timeout_s: float, missing_ok: bool = False) -> Any:
         if missing_ok and err.code == 404:
             return None
         reason = f"HTTP {err.code} {err.reason}"
-        if err.code in (401, 403):
+        if err.code in (401, 403) and headers:
+            reason += ". The token in RAY_AUTH_TOKEN or ~/.ray/auth_token may not be the cluster's"
+        elif err.code in (401, 403):
             reason += (
-                ", so the cluster uses token authentication. Set RAY_AUTH_MODE=token and the cluster's "
+                ". If the cluster uses token authentication, set RAY_AUTH_MODE=token and the cluster's "
                 "token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
             )
         raise DashboardError(url, reason) from err

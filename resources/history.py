@@ -188,11 +188,46 @@ def _enable_wal(dbapi_connection: Any, connection_record: Any) -> None:
         logger.debug("Kept the journal mode of the job history: %s", err)
 
 
+def _sqlite_file(url: URL) -> Path | None:
+    """Return the database file of an SQLite URL; None for another database or an in-memory or URI one."""
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return None if url.database.startswith("file:") else Path(url.database)
+
+
+def portable_history_url(url: str) -> str:
+    """Return ``url`` with a relative SQLite path made absolute, so that it names the same file from any folder.
+
+    The password stays in the result.
+
+    Raises:
+        HistoryError: ``url`` is not a database URL.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except SQLAlchemyError as err:
+        raise HistoryError(f"Invalid job history URL: {err}.") from err
+    path = _sqlite_file(parsed)
+    if path is None or path.is_absolute():
+        return url
+    return parsed.set(database=str(path.absolute())).render_as_string(hide_password=False)
+
+
+def history_exists(url: str) -> bool:
+    """Tell whether the history at ``url`` may hold records: False only for an SQLite file that does not exist."""
+    try:
+        path = _sqlite_file(sa.make_url(url))
+    except SQLAlchemyError:
+        return True
+    return path is None or path.exists()
+
+
 def _create_engine(url: URL) -> sa.Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
-    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    path = _sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
     sa.event.listen(engine, "connect", _enable_wal)
     return engine

@@ -99,12 +99,7 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
         return _report_failure(name, err)
     finally:
         if reason is not None and info is not None:
-            # The keeper's own history, then each other one that `trainctl submit` recorded a job in.
-            for url in [None, *other_histories(None, registry.histories(name))]:
-                try:
-                    _end_jobs(name, info.dashboard_url, reason, url)
-                except Exception:  # noqa: BLE001 - nothing in the job history may keep the cluster running
-                    logger.exception("Failed to record the end of the jobs of %s", name)
+            _end_jobs_everywhere(registry, name, info.dashboard_url, reason)
         cluster.stop()
         if reason is not None:
             try:
@@ -112,6 +107,23 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
             except OSError as err:
                 logger.warning("Failed to write the reason %s stopped: %s", name, err)
         registry.remove(name)
+
+
+def _end_jobs_everywhere(registry: LocalRegistry, name: str, dashboard_url: str, reason: str) -> None:
+    """Run :func:`_end_jobs` on the keeper's own history, then on each other one that ``trainctl submit`` noted.
+
+    Nothing raised here may keep the cluster running, so every error is logged.
+    """
+    try:
+        urls = [None, *other_histories(None, registry.histories(name))]
+    except Exception:  # noqa: BLE001 - the keeper's own history is still updated
+        logger.exception("Failed to read the job histories noted for %s", name)
+        urls = [None]
+    for url in urls:
+        try:
+            _end_jobs(name, dashboard_url, reason, url)
+        except Exception:  # noqa: BLE001 - the next history and the cluster's stop still run
+            logger.exception("Failed to record the end of the jobs of %s", name)
 
 
 def _end_jobs(name: str, dashboard_url: str, reason: str, history_url: str | None) -> None:

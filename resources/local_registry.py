@@ -178,7 +178,7 @@ class LocalRegistry:
         for path in paths:
             try:
                 urls.append(path.read_text(encoding="utf-8"))
-            except OSError as err:
+            except (OSError, ValueError) as err:
                 logger.warning("Ignoring the unreadable job history note %s: %s", path, err)
         return urls
 

@@ -18,6 +18,8 @@ from resources.history import (
     JobHistory,
     JobRecord,
     default_history_url,
+    history_exists,
+    portable_history_url,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,14 +87,34 @@ def open_history(url: str | None, *, warn: Callable[[str], None] | None = None) 
 
 
 def other_histories(first: str | None, noted: Iterable[str]) -> list[str]:
-    """Return the URLs in ``noted`` other than ``first`` (the default history when ``None``), each once."""
-    seen = {first or default_history_url()}
+    """Return the URLs in ``noted`` other than ``first`` (the default history when ``None``), each once.
+
+    An SQLite file that no longer exists is left out: it contains no job, and opening it would create it.
+    """
+    try:
+        seen = {portable_history_url(first or default_history_url())}
+    except HistoryError:
+        seen = set()
     others = []
     for url in noted:
-        if url not in seen:
+        if url not in seen and history_exists(url):
             seen.add(url)
             others.append(url)
     return others
+
+
+def mark_lost_in(urls: Iterable[str], cluster: str, *, message: str) -> None:
+    """Mark the unfinished jobs of ``cluster`` LOST in each history at ``urls``; one that fails costs a warning."""
+    for url in urls:
+        history = open_history(url)
+        if history is None:
+            continue
+        try:
+            history.mark_lost(cluster, message=message, at=_now())
+        except HistoryError as err:
+            logger.warning("The job history was not updated: %s", err)
+        finally:
+            history.close()
 
 
 def unfinished_jobs(history: JobHistory, cluster: str) -> list[JobRecord]:

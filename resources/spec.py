@@ -219,7 +219,7 @@ class ClusterSpec:
                 f"({format_memory(LOCAL_HEAD_MEMORY_BYTES)} + {format_memory(self.object_store_memory)}) "
                 f"need {self.total_memory / 1024**3:.1f} GiB but this machine has "
                 f"{available_memory / 1024**3:.1f} GiB",
-                "Lower `workers`, memory_per_worker or object_store_memory.",
+                "Lower `workers`, `memory_per_worker` or `object_store_memory`.",
             )
         if available_cpus is not None:
             self._check_cpus(available_cpus)

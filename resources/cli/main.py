@@ -39,7 +39,15 @@ from resources.cli.backends import (
 from resources.cluster import RayClusterResource
 from resources.dashboard import DashboardError, node_usage
 from resources.errors import ClusterStartError, InvalidRequestError, PlatformError, RayJobError, rename_fields
-from resources.history import TERMINAL_STATUSES, HistoryError, JobHistory, JobRecord, default_history_url, state_dir
+from resources.history import (
+    TERMINAL_STATUSES,
+    HistoryError,
+    JobHistory,
+    JobRecord,
+    default_history_url,
+    portable_history_url,
+    state_dir,
+)
 from resources.jobs import JOB_POLL_INTERVAL_S, run_job
 from resources.kuberay.inventory import ClusterSummary
 from resources.kuberay.lifecycle import ClusterConflictError
@@ -586,9 +594,9 @@ def submit(
             "--job-id", f"job {submission_id!r} is already in the history", "Choose another --job-id, or leave it out."
         )
     if history is not None:
-        # The keeper or `trainctl down` then records the end of the cluster's unfinished jobs here too.
+        # On a local cluster, its keeper or `trainctl down` then records the end of its unfinished jobs here too.
         try:
-            clusters.note_history(name, history_url or default_history_url())
+            clusters.note_history(name, portable_history_url(history_url or default_history_url()))
         except OSError as err:
             _warn(f"the cluster's keeper will not update this job's history if it stops the cluster: {err}")
 
@@ -777,18 +785,28 @@ def _delete(clusters: Clusters, name: str, history: JobHistory | None, history_u
 
     Returns how many unfinished jobs were marked LOST.
     """
-    others = [open_history(url, warn=_warn) for url in other_histories(history_url, clusters.noted_histories(name))]
-    histories = [item for item in (history, *others) if item is not None]
+    opened = [open_history(url, warn=_warn) for url in other_histories(history_url, clusters.noted_histories(name))]
+    others = [item for item in opened if item is not None]
+    message = "its cluster was deleted before the job ended"
     try:
-        for item in histories:
-            _settle_jobs(clusters, item, name)
+        if history is not None:
+            _settle_jobs(clusters, history, name)
+        for other in others:
+            try:
+                _settle_jobs(clusters, other, name)
+            except HistoryError as err:
+                _warn(f"the jobs of {name} were not updated in a history that submit used: {err}")
         clusters.delete(name)
-        message = "its cluster was deleted before the job ended"
-        return sum(item.mark_lost(name, message=message, at=_now()) for item in histories)
+        lost = 0 if history is None else history.mark_lost(name, message=message, at=_now())
+        for other in others:
+            try:
+                lost += other.mark_lost(name, message=message, at=_now())
+            except HistoryError as err:
+                _warn(f"the jobs of {name} were not marked LOST in a history that submit used: {err}")
+        return lost
     finally:
-        for item in others:
-            if item is not None:
-                item.close()
+        for other in others:
+            other.close()
 
 
 def _settle_jobs(clusters: Clusters, history: JobHistory, name: str) -> None:

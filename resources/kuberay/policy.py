@@ -334,7 +334,7 @@ def apply_policy(manifest: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     total_workers = sum(_worker_count(group) for group in workers)
     if total_workers > policy.max_workers:
         # An autoscaling group's largest size is max_workers; a fixed one's is `workers`.
-        bound = "max_workers" if autoscaling else "`workers`"
+        bound = "`max_workers`" if autoscaling else "`workers`"
         raise InvalidRequestError(
             "spec.workerGroupSpecs[*].maxReplicas",
             f"{total_workers} workers are above the policy maximum of {policy.max_workers}",
@@ -365,7 +365,7 @@ def apply_policy(manifest: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
             "spec.workerGroupSpecs[*].template.spec.containers[*].resources.limits.nvidia.com/gpu",
             f"the cluster needs {total_gpus} GPUs at its maximum size, above the policy maximum of "
             f"{policy.max_gpus_per_cluster}",
-            "Lower gpus_per_worker or `workers`.",
+            "Lower `gpus_per_worker` or `workers`.",
         )
 
     if autoscaling:

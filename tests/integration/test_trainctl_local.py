@@ -46,7 +46,8 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
     assert "1 of 1 workers registered" in up.stderr
     record_path = tmp_path / "state" / "clusters" / "exp-local.json"
     holder_pid = json.loads(record_path.read_text())["holder"]["pid"]
-    other_history = f"sqlite:///{tmp_path / 'other-history.db'}"
+    submit_folder = tmp_path / "submit-folder"
+    submit_folder.mkdir()
 
     try:
         listed = run_trainctl(env, "list", "-o", "json")
@@ -99,11 +100,11 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
         assert many.returncode == 0, many.stderr
 
         # A job whose submitter was killed still gets its real end recorded when the cluster goes,
-        # in the history that its submitter named, not only in the default one.
+        # in the history that its submitter named (relative to the submitter's folder), not only in the default one.
         orphaned = subprocess.Popen(
-            [TRAINCTL, "submit", "exp-local", "--job-id", "job-unwatched", "--history-url", other_history, "--",
-             "python", "-c", "import time; time.sleep(4); print('finished alone')"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [TRAINCTL, "submit", "exp-local", "--job-id", "job-unwatched", "--history-url", "sqlite:///history.db",
+             "--", "python", "-c", "import time; time.sleep(4); print('finished alone')"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=submit_folder,
         )  # fmt: skip
         assert orphaned.stdout is not None
         for line in orphaned.stdout:
@@ -125,9 +126,12 @@ def test_up_submit_logs_history_down(env: dict[str, str], tmp_path: Path) -> Non
     assert run_trainctl(env, "list", "-o", "json").json() == []
 
     assert not (tmp_path / "state" / "clusters" / "exp-local.histories").exists()
+    # `down` ran in another folder, where the relative URL would name a new, empty database.
+    assert not Path("history.db").exists()
 
     # The history outlives the cluster.
-    other = run_trainctl(env, "history", "--history-url", other_history, "-o", "json").json()
+    noted = run_trainctl(env, "history", "--history-url", f"sqlite:///{submit_folder / 'history.db'}", "-o", "json")
+    other = noted.json()
     assert [record["job_id"] for record in other] == ["job-unwatched"]
     assert other[0]["status"] == "SUCCEEDED"
     assert "finished alone" in other[0]["log_tail"]

@@ -140,7 +140,7 @@ KUBERAY_CASES = [
     pytest.param(
         {"workers": 2, "max_workers": 100},
         "spec.workerGroupSpecs[*].maxReplicas",
-        "Ask for at most 32 workers (max_workers).",
+        "Ask for at most 32 workers (`max_workers`).",
         id="max-workers-policy",
     ),
     pytest.param({"min_workers": -1}, "min_workers", "Use 0 or more, or leave it unset.", id="min-workers-negative"),
@@ -202,7 +202,7 @@ LOCAL_CASES = [
     pytest.param(
         {"memory_per_worker": "4096Ti"},
         "memory_per_worker",
-        "Lower `workers`, memory_per_worker or object_store_memory.",
+        "Lower `workers`, `memory_per_worker` or `object_store_memory`.",
         id="memory-above-machine",
     ),
 ]

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from resources.cluster import RayClusterResource
+from resources.history import JobHistory, JobRecord
 from resources.kuberay.inventory import summarize
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
 from resources.kuberay.orphans import find_orphans
@@ -223,9 +224,52 @@ def test_registry_history_notes_go_with_cluster(tmp_path: Path) -> None:
     assert registry.histories("exp-h") == []
 
 
-def test_other_histories_skip_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRAINING_HISTORY_URL", "sqlite:////tmp/default.db")
-    noted = ["sqlite:////tmp/default.db", "sqlite:////tmp/b.db", "sqlite:////tmp/b.db", "sqlite:////tmp/c.db"]
+def test_registry_ignores_unreadable_history_note(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path)
+    registry.add_history("exp-i", "sqlite:////tmp/a.db")
+    (registry.histories_path("exp-i") / "broken.url").write_bytes(b"sqlite:////tmp/\xff.db")
 
-    assert other_histories(None, noted) == ["sqlite:////tmp/b.db", "sqlite:////tmp/c.db"]
-    assert other_histories("sqlite:////tmp/b.db", noted) == ["sqlite:////tmp/default.db", "sqlite:////tmp/c.db"]
+    assert registry.histories("exp-i") == ["sqlite:////tmp/a.db"]
+
+
+def test_other_histories_skip_first_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    default, b, c = (f"sqlite:///{tmp_path / name}" for name in ("default.db", "b.db", "c.db"))
+    for name in ("default.db", "b.db", "c.db"):
+        (tmp_path / name).touch()
+    monkeypatch.setenv("TRAINING_HISTORY_URL", default)
+    # A history whose SQLite file is gone holds no job, and opening it would create it.
+    gone = f"sqlite:///{tmp_path / 'gone.db'}"
+    noted = [default, b, b, gone, c]
+
+    assert other_histories(None, noted) == [b, c]
+    assert other_histories(b, noted) == [default, c]
+    monkeypatch.chdir(tmp_path)
+    assert other_histories("sqlite:///b.db", noted) == [default, c]
+
+
+def test_run_cluster_stop_marks_noted_jobs_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINING_HISTORY_URL", f"sqlite:///{tmp_path / 'default.db'}")
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    with JobHistory(other_url) as other:
+        other.record_submitted(
+            JobRecord(
+                job_id="job-manual", cluster="run-1", backend="local", entrypoint="python x.py",
+                submitter="alice", origin="manual", submitted_at=NOW, status="RUNNING",
+            )
+        )  # fmt: skip
+    registry = LocalRegistry(tmp_path / "clusters")
+    registry.add_history("run-1", other_url)
+    resource = RayClusterResource()
+    stopped: list[str] = []
+    resource._cluster = SimpleNamespace(name="run-1", stop=lambda: stopped.append("run-1"))  # type: ignore[assignment]
+    resource._registry = registry
+
+    resource.stop()
+
+    assert stopped == ["run-1"]
+    with JobHistory(other_url) as other:
+        record = other.get("job-manual")
+    assert record is not None
+    assert record.status == "LOST"
+    assert record.message == "its cluster was removed before the job ended"
+    assert not registry.histories_path("run-1").exists()

@@ -19,6 +19,8 @@ from resources.history import (
     JobHistory,
     JobRecord,
     default_history_url,
+    history_exists,
+    portable_history_url,
     state_dir,
 )
 
@@ -512,3 +514,22 @@ def test_history_error_pickles() -> None:
     restored = pickle.loads(pickle.dumps(error))
 
     assert str(restored) == str(error)
+
+
+def test_portable_url_makes_sqlite_path_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    assert portable_history_url("sqlite:///history.db") == f"sqlite:///{tmp_path / 'history.db'}"
+    assert portable_history_url("sqlite:////var/lib/history.db") == "sqlite:////var/lib/history.db"
+    # A password stays, so that the history can be opened from the URL.
+    assert portable_history_url("postgresql://trainer:s3cret@db/history") == "postgresql://trainer:s3cret@db/history"
+    assert portable_history_url("sqlite://") == "sqlite://"
+
+
+def test_history_exists_only_false_for_missing_sqlite(tmp_path: Path) -> None:
+    (tmp_path / "there.db").touch()
+
+    assert history_exists(f"sqlite:///{tmp_path / 'there.db'}")
+    assert not history_exists(f"sqlite:///{tmp_path / 'missing.db'}")
+    assert history_exists("postgresql://trainer@db/history")
+    assert history_exists("sqlite://")

@@ -153,19 +153,34 @@ def test_settle_truncated_response_raises(broken_dashboard: str, history: JobHis
         settle_jobs(history, history.list(cluster="exp-a"), broken_dashboard, timeout_s=5)
 
 
-def test_job_state_sends_ray_token(token_dashboard: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        pytest.param(TOKEN, "SUCCEEDED", id="right-token"),
+        pytest.param("f" * 32, "The token in RAY_AUTH_TOKEN or ~/.ray/auth_token may not be the cluster's", id="wrong"),
+        pytest.param("", "RAY_AUTH_MODE=token is set but no token was found", id="no-token"),
+    ],
+)
+def test_job_state_with_ray_token(token_dashboard: str, tmp_path: Path, token: str, expected: str) -> None:
     # Ray reads the authentication mode and token once per process, so a new process gets them.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "HOME": str(tmp_path)}
-    script = "import sys; from resources.dashboard import job_state; print(job_state(sys.argv[1], 'job-done').status)"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HOME": str(tmp_path)}
+    script = (
+        "import sys\n"
+        "from resources.dashboard import DashboardError, job_state\n"
+        "try:\n"
+        "    print(job_state(sys.argv[1], 'job-done').status)\n"
+        "except DashboardError as err:\n"
+        "    print(err)\n"
+    )
 
     result = subprocess.run(
         [sys.executable, "-c", script, token_dashboard], env=env, capture_output=True, text=True, timeout=120
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "SUCCEEDED"
+    assert expected in result.stdout
 
 
 def test_job_state_without_token_fails(token_dashboard: str) -> None:
-    with pytest.raises(DashboardError, match="HTTP 401 .* Set RAY_AUTH_MODE=token"):
+    with pytest.raises(DashboardError, match="HTTP 401 .* set RAY_AUTH_MODE=token"):
         job_state(token_dashboard, "job-done")

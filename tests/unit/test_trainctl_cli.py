@@ -1,15 +1,19 @@
 """trainctl's commands through click's runner: arguments, messages and exit codes, without any cluster."""
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
+from resources.cli import main as main_module
 from resources.cli.main import EXIT_CODES, cli, option_for
-from resources.history import JobHistory, JobRecord
+from resources.dashboard import DashboardError
+from resources.history import HistoryError, JobHistory, JobRecord
 from resources.kuberay.schema import validate_manifest
 from resources.local_registry import LocalRegistry
 from resources.spec import format_duration, format_size, parse_duration_minutes
@@ -189,3 +193,65 @@ def test_durations_and_sizes() -> None:
     assert format_duration(-120) == "-2m"
     assert format_size(1536 * 1024**2) == "1.5Gi"
     assert format_size(512) == "512"
+
+
+class NotedClusters:
+    """A stand-in for the local backend with one cluster whose dashboard is unreachable."""
+
+    backend = "local"
+
+    def __init__(self, noted: list[str]) -> None:
+        self.noted = noted
+        self.deleted: list[str] = []
+
+    def noted_histories(self, name: str) -> list[str]:
+        return self.noted
+
+    @contextlib.contextmanager
+    def dashboard(self, name: str) -> Iterator[str]:
+        raise DashboardError("http://127.0.0.1:9", "no response")
+        yield ""
+
+    def delete(self, name: str) -> None:
+        self.deleted.append(name)
+
+
+class BrokenHistory:
+    """A job history that opens but fails every read and write, as one on a full disk or locked too long."""
+
+    def list(self, **_: object) -> list[JobRecord]:
+        raise HistoryError("Could not list the jobs in the job history at sqlite:////broken.db: disk I/O error.")
+
+    def mark_lost(self, *_: object, **__: object) -> int:
+        raise HistoryError("Could not mark the jobs lost in the job history at sqlite:////broken.db: disk I/O error.")
+
+    def close(self) -> None:
+        pass
+
+
+def test_down_survives_broken_noted_history(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TRAINING_HISTORY_URL", env["TRAINING_HISTORY_URL"])
+    broken_url = f"sqlite:///{tmp_path / 'broken.db'}"
+    (tmp_path / "broken.db").touch()
+    monkeypatch.setattr(main_module, "open_history", lambda url, **_: BrokenHistory())
+    clusters = NotedClusters([broken_url])
+    with JobHistory(env["TRAINING_HISTORY_URL"]) as history:
+        history.record_submitted(
+            JobRecord(
+                job_id="job-1", cluster="exp-a", backend="local", entrypoint="python x.py",
+                submitter="alice", origin="manual", submitted_at=NOW, status="RUNNING",
+            )
+        )  # fmt: skip
+
+        lost = main_module._delete(clusters, "exp-a", history, None)  # type: ignore[arg-type]
+
+        record = history.get("job-1")
+    assert clusters.deleted == ["exp-a"]
+    assert lost == 1
+    assert record is not None
+    assert record.status == "LOST"
+    warnings = capsys.readouterr().err
+    assert "were not updated in a history that submit used" in warnings
+    assert "were not marked LOST in a history that submit used" in warnings
