@@ -25,13 +25,14 @@ def main() -> int:
     if len(sys.argv) > 3:
         resources["ranking_settings"] = RankingSettings(window_days=int(sys.argv[3]))
     first, _, last = partitions.partition("..")
-    result = dg.materialize(
-        [ranking_model],
-        instance=dg.DagsterInstance.ephemeral(),
-        resources=resources,
-        raise_on_error=False,
-        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last or first},
-    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [ranking_model],
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last or first},
+        )
     return 0 if result.success else 1
 
 

@@ -36,9 +36,11 @@ def run(*, clusters: int) -> dict[str, Any]:
         for index in range(clusters):
             standin.store.put(_stale_cluster(index))
         resource = RayClusterResource(backend="kuberay", kube_api_url=standin.url, namespace=NAMESPACE)
-        instance = dg.DagsterInstance.ephemeral()
         before = len(standin.requests)
-        with dg.build_sensor_context(instance=instance, resources={"ray_cluster": resource}) as context:
+        with (
+            dg.DagsterInstance.ephemeral() as instance,
+            dg.build_sensor_context(instance=instance, resources={"ray_cluster": resource}) as context,
+        ):
             started = time.perf_counter()
             orphaned_ray_clusters_sensor(context)
             tick_s = time.perf_counter() - started

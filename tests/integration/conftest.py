@@ -67,6 +67,13 @@ def no_leaked_ray_processes() -> Iterator[None]:
 
 
 @pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """An ephemeral Dagster instance, disposed after the test rather than by the garbage collector at exit."""
+    with dg.DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+@pytest.fixture
 def storage_root(tmp_path: Path) -> Path:
     root = tmp_path / "storage"
     root.mkdir()

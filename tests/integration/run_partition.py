@@ -30,12 +30,10 @@ def main() -> int:
         resources["ray_cluster"] = kuberay_cluster_at(args.kube_api_url)
     resources["ranking_settings"] = RankingSettings(window_days=7, epochs=args.epochs, max_failures=args.max_failures)
     job = defs.resolve_job_def("daily_retrain_job")
-    result = job.execute_in_process(
-        partition_key=args.partition,
-        instance=dg.DagsterInstance.ephemeral(),
-        resources=resources,
-        raise_on_error=False,
-    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = job.execute_in_process(
+            partition_key=args.partition, instance=instance, resources=resources, raise_on_error=False
+        )
     return 0 if result.success else 1
 
 

@@ -17,13 +17,14 @@ pytestmark = pytest.mark.integration
 PARTITION = "1997-10-20"
 
 
-def test_partition_trains_end_to_end(storage_root: Path, no_leaked_ray_processes: None) -> None:
+def test_partition_trains_end_to_end(
+    storage_root: Path, instance: dg.DagsterInstance, no_leaked_ray_processes: None
+) -> None:
     history_url = f"sqlite:///{storage_root.parent / 'history.db'}"
     resources = small_resources(storage_root, history_url=history_url)
     materialize_history(resources, first="1997-09-20", last="1997-10-21")
     job = defs.resolve_job_def("daily_retrain_job")
 
-    instance = dg.DagsterInstance.ephemeral()
     result = job.execute_in_process(
         partition_key=PARTITION, instance=instance, resources=resources, raise_on_error=False
     )
@@ -66,11 +67,10 @@ def test_partition_trains_end_to_end(storage_root: Path, no_leaked_ray_processes
     assert LocalRegistry(state_dir() / "clusters").list() == []
 
 
-def test_range_shares_one_job(storage_root: Path, no_leaked_ray_processes: None) -> None:
+def test_range_shares_one_job(storage_root: Path, instance: dg.DagsterInstance, no_leaked_ray_processes: None) -> None:
     history_url = f"sqlite:///{storage_root.parent / 'history.db'}"
     resources = small_resources(storage_root, workers=1, history_url=history_url)
     materialize_history(resources, first="1997-09-20", last="1997-10-23")
-    instance = dg.DagsterInstance.ephemeral()
 
     first = dg.materialize([ranking_model], partition_key="1997-10-20", instance=instance, resources=resources)
     # What a backfill run of several partitions carries: the days train in order, in one job on one cluster.

@@ -31,10 +31,11 @@ def _raycluster_creates(kube: KubeEnvironment) -> list[dict]:
     ]
 
 
-def test_partition_trains_on_kuberay(storage_root: Path, kube: KubeEnvironment, no_leaked_ray_processes: None) -> None:
+def test_partition_trains_on_kuberay(
+    storage_root: Path, kube: KubeEnvironment, instance: dg.DagsterInstance, no_leaked_ray_processes: None
+) -> None:
     resources = kuberay_resources(storage_root, kube)
     materialize_history(resources, first="1997-09-20", last="1997-10-21")
-    instance = dg.DagsterInstance.ephemeral()
 
     result = defs.resolve_job_def("daily_retrain_job").execute_in_process(
         partition_key="1997-10-20", instance=instance, resources=resources, raise_on_error=False

@@ -107,7 +107,8 @@ def needs_ray(ray_cluster: RayClusterResource) -> None:
 
 def test_default_policy_allows_t4_gpu_workers() -> None:
     resource = RayClusterResource(backend="kuberay", template="gpu", gpus_per_worker=1, gpu_type="t4", workers=1)
-    resource.setup_for_execution(dg.build_init_resource_context())
+    with dg.build_init_resource_context() as context:
+        resource.setup_for_execution(context)
 
     manifest = render_raycluster(
         request=resource.cluster_request(), context=resource.run_context(), policy=load_policy()
@@ -221,8 +222,10 @@ def test_orphan_sensor_deletes_killed_runs_cluster(
     assert raycluster_deletes(kube) == []
 
     # The subprocess ran on an ephemeral instance, so this instance has no run with the cluster's run id.
-    instance = dg.DagsterInstance.ephemeral()
-    with dg.build_sensor_context(instance=instance, resources={"ray_cluster": kuberay_cluster(kube)}) as context:
+    with (
+        dg.DagsterInstance.ephemeral() as instance,
+        dg.build_sensor_context(instance=instance, resources={"ray_cluster": kuberay_cluster(kube)}) as context,
+    ):
         first = orphaned_ray_clusters_sensor(context)
         deletes_after_first = raycluster_deletes(kube)
         second = orphaned_ray_clusters_sensor(context)

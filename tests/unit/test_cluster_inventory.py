@@ -148,9 +148,10 @@ def test_orphan_sensor_deletes_expired_manual_cluster() -> None:
             stored["metadata"]["creationTimestamp"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
             standin.store.put(stored)
         resource = RayClusterResource(backend="kuberay", kube_api_url=standin.url, namespace="ml-training")
-        with dg.build_sensor_context(
-            instance=dg.DagsterInstance.ephemeral(), resources={"ray_cluster": resource}
-        ) as context:
+        with (
+            dg.DagsterInstance.ephemeral() as instance,
+            dg.build_sensor_context(instance=instance, resources={"ray_cluster": resource}) as context,
+        ):
             result = orphaned_ray_clusters_sensor(context)
         remaining = [item["metadata"]["name"] for item in standin.store.objects(RAYCLUSTERS)]
 

@@ -427,7 +427,8 @@ def secret_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def test_rendered_manifest_has_no_secret(secret_env: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     resource = RayClusterResource.from_env(secret_env)
-    resource.setup_for_execution(dg.build_init_resource_context())
+    with dg.build_init_resource_context() as context:
+        resource.setup_for_execution(context)
 
     manifest = render_raycluster(
         request=resource.cluster_request(),
@@ -470,8 +471,8 @@ def test_invalid_request_errors_have_no_secret(secret_env: dict[str, str], caplo
         messages.append(str(caught.value))
     for overrides in POLICY_VIOLATIONS:
         resource = RayClusterResource.from_env({**secret_env, **overrides})
-        with pytest.raises(InvalidRequestError) as caught:
-            resource.setup_for_execution(dg.build_init_resource_context())
+        with dg.build_init_resource_context() as context, pytest.raises(InvalidRequestError) as caught:
+            resource.setup_for_execution(context)
         messages.append(str(caught.value))
     result = CliRunner().invoke(cli, ["render", "--workers", "1000"], env=secret_env, catch_exceptions=False)
 
@@ -751,9 +752,11 @@ def run_lifecycle(standin: KubeStandin, operator: FakeOperator, env: dict[str, s
         manifest["metadata"]["creationTimestamp"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
         standin.store.put(manifest)
     outputs["down"] = invoke("down", "ray-alice-down")
-    with dg.build_sensor_context(
-        instance=dg.DagsterInstance.ephemeral(), resources={"ray_cluster": RayClusterResource.from_env(env)}
-    ) as context:
+    resource = RayClusterResource.from_env(env)
+    with (
+        dg.DagsterInstance.ephemeral() as instance,
+        dg.build_sensor_context(instance=instance, resources={"ray_cluster": resource}) as context,
+    ):
         outputs["sensor"] = str(orphaned_ray_clusters_sensor(context).skip_message)
 
     assert standin.store.objects(RAYCLUSTERS) == []
