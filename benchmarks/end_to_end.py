@@ -7,17 +7,24 @@ plain side (``benchmarks.plain_train``) reads the same stored days, builds the s
 examples and trains the same model for the same epochs. The plain script trains with
 torch's default number of threads (2 on 2 CPUs) and a batch of 256 rows. The platform's
 2 workers take one thread and 256 rows each, so they take half as many optimizer steps.
-Both are timed as whole processes. The peak resident memory of the run process and of
-each Ray worker process is sampled during the platform run.
+Both are timed as whole processes. The platform run is also split into phases, each the
+median time from the start of its process: ``e2e_cluster_ready_s`` until its log reports
+every worker registered, ``e2e_first_step_s`` until the first training step (the time the
+training loop logs), and ``e2e_model_written_s`` until its log reports the model written.
+The Ray job's lines, such as the model's, reach the run's log up to about a second late,
+since the run reads the job's log about once a second. The peak resident memory of the run process and of each
+Ray worker process is sampled during the platform run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,13 @@ from training_pipelines.defs.settings import RankingSettings
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SAMPLE_INTERVAL_S = 0.2
+PHASES = ("e2e_cluster_ready_s", "e2e_first_step_s", "e2e_model_written_s")
+# Lines of the run's log that end a phase, as the local backend and the Ray job print them.
+PHASE_MARKERS = {
+    "e2e_cluster_ready_s": re.compile(r"All \d+ workers registered in"),
+    "e2e_model_written_s": re.compile(r"Wrote the model of "),
+}
+FIRST_STEP = re.compile(r"First training step done at ([0-9.]+) \(Unix time\)")
 
 
 class PeakMemory:
@@ -89,9 +103,11 @@ def run(*, partition: dt.date, rounds: int) -> dict[str, Any]:
     store_history(storage_root, partition)
     window_days = (partition - FIRST_DAY).days + 1
     peaks: list[PeakMemory] = []
+    phases: dict[str, list[float]] = {name: [] for name in PHASES}
 
     def platform() -> float:
         started = time.perf_counter()
+        started_wall = time.time()
         command = [
             sys.executable,
             "-m",
@@ -103,10 +119,26 @@ def run(*, partition: dt.date, rounds: int) -> dict[str, Any]:
         process = subprocess.Popen(
             command, cwd=REPOSITORY, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
+        tail: deque[str] = deque(maxlen=60)
+        ended: dict[str, float] = {}
         with PeakMemory(process.pid) as peak:
-            _, stderr = process.communicate()
+            assert process.stderr is not None
+            for line in process.stderr:
+                tail.append(line)
+                for name, marker in PHASE_MARKERS.items():
+                    if name not in ended and marker.search(line):
+                        ended[name] = time.perf_counter() - started
+                first_step = FIRST_STEP.search(line)
+                if first_step and "e2e_first_step_s" not in ended:
+                    ended["e2e_first_step_s"] = float(first_step[1]) - started_wall
+            process.wait()
         if process.returncode != 0:
-            raise RuntimeError(f"the platform run failed:\n{stderr[-3000:]}")
+            raise RuntimeError("the platform run failed:\n" + "".join(tail))
+        missing = sorted(set(phases) - set(ended))
+        if missing:
+            raise RuntimeError(f"the run's log has no line for {', '.join(missing)}:\n" + "".join(tail))
+        for name, seconds in ended.items():
+            phases[name].append(seconds)
         peaks.append(peak)
         return time.perf_counter() - started
 
@@ -126,6 +158,7 @@ def run(*, partition: dt.date, rounds: int) -> dict[str, Any]:
     return {
         "e2e_partition": partition.isoformat(),
         "e2e_window_days": window_days,
+        **{name: round(sorted(values)[len(values) // 2], 1) for name, values in phases.items()},
         "e2e_platform_s": round(sorted(pair.ours)[len(pair.ours) // 2], 1),
         "e2e_plain_s": round(sorted(pair.floor)[len(pair.floor) // 2], 1),
         "e2e_vs_plain_ratio": round(pair.median_ratio, 3),

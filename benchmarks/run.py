@@ -158,6 +158,26 @@ def _e2e_floor(figures: dict[str, dict[str, Any]]) -> list[str]:
         "So on this machine no run that starts a cluster gets `e2e_vs_plain_ratio` near 1.5.",
         "A backfill run shares the cluster and the job's start among up to 14 days"
         " (`backfill_shared_vs_separate_ratio`).",
+        *_e2e_phases(figures["end_to_end"]),
+    ]
+
+
+def _e2e_phases(end_to_end: dict[str, Any]) -> list[str]:
+    """Describe where the platform's end-to-end run spends its time, from the phases that the benchmark measured."""
+    try:
+        ready_s, first_step_s, written_s, total_s = (
+            end_to_end[name]
+            for name in ("e2e_cluster_ready_s", "e2e_first_step_s", "e2e_model_written_s", "e2e_platform_s")
+        )
+    except KeyError:
+        return []
+    return [
+        "",
+        f"Of the platform run's {total_s:.1f} s, {ready_s:.1f} s pass until every worker of its cluster has"
+        f" registered (Python's and Dagster's start, then the cluster's), {first_step_s - ready_s:.1f} s more until"
+        " the first training step (the Ray job's start, Ray Train's workers and Ray Data's first batch),"
+        f" {written_s - first_step_s:.1f} s until the model is written (training and checkpoints), and"
+        f" {total_s - written_s:.1f} s for the rest: the end of the step, the cluster's stop and the process's exit.",
     ]
 
 

@@ -43,7 +43,11 @@ def test_benchmarks_run_in_smoke_mode(tmp_path: Path, no_leaked_ray_processes: N
     for name in expected:
         assert name in figures
     # The sampler found the Ray Train workers by their process titles.
-    assert results["figures"]["end_to_end"]["worker_peak_rss_mb"] > 0
+    end_to_end = results["figures"]["end_to_end"]
+    assert end_to_end["worker_peak_rss_mb"] > 0
+    # The run's log named the end of each phase, in order.
+    phases = [end_to_end[name] for name in ("e2e_cluster_ready_s", "e2e_first_step_s", "e2e_model_written_s")]
+    assert 0 < phases[0] < phases[1] < phases[2] < end_to_end["e2e_platform_s"]
     if torch.version.cuda is None or torch.cuda.device_count() == 0:
         # The GPU benchmark prints why it was skipped and adds no figure.
         assert "training_gpu" not in results["figures"]
