@@ -8,11 +8,11 @@ examples and trains the same model for the same epochs. The plain script trains 
 torch's default number of threads (2 on 2 CPUs) and a batch of 256 rows. The platform's
 2 workers take one thread and 256 rows each, so they take half as many optimizer steps.
 Both are timed as whole processes. The platform run is also split into phases, each the
-median time from the start of its process: ``e2e_cluster_ready_s`` until its log reports
-every worker registered, ``e2e_first_step_s`` until the first training step (the time the
-training loop logs), and ``e2e_model_written_s`` until its log reports the model written.
-The Ray job's lines, such as the model's, reach the run's log up to about a second late,
-since the run reads the job's log about once a second. The peak resident memory of the run process and of each
+median time from the start of its process. ``e2e_cluster_ready_s`` ends when its log
+reports every worker registered. ``e2e_first_step_s`` ends at the time the training loop
+logs for its first step. ``e2e_model_written_s`` ends when its log reports the model
+written. The Ray job's lines reach the run's log up to about a second late, because the
+run reads the job's log about once a second. The peak resident memory of the run process and of each
 Ray worker process is sampled during the platform run.
 """
 

@@ -173,11 +173,11 @@ def _e2e_phases(end_to_end: dict[str, Any]) -> list[str]:
         return []
     return [
         "",
-        f"Of the platform run's {total_s:.1f} s, {ready_s:.1f} s pass until every worker of its cluster has"
-        f" registered (Python's and Dagster's start, then the cluster's), {first_step_s - ready_s:.1f} s more until"
-        " the first training step (the Ray job's start, Ray Train's workers and Ray Data's first batch),"
-        f" {written_s - first_step_s:.1f} s until the model is written (training and checkpoints), and"
-        f" {total_s - written_s:.1f} s for the rest: the end of the step, the cluster's stop and the process's exit.",
+        f"The platform run takes {total_s:.1f} s. Python, Dagster and the cluster start in the first"
+        f" {ready_s:.1f} s, until every worker has registered. The Ray job, Ray Train's workers and Ray Data's"
+        f" first batch take {first_step_s - ready_s:.1f} s more, until the first training step."
+        f" Training and its checkpoints take {written_s - first_step_s:.1f} s, until the model is written."
+        f" The end of the step, the cluster's stop and the process's exit take the last {total_s - written_s:.1f} s.",
     ]
 
 

@@ -214,7 +214,7 @@ def portable_history_url(url: str) -> str:
 
 
 def history_exists(url: str) -> bool:
-    """Tell whether the history at ``url`` may hold records: False only for an SQLite file that does not exist."""
+    """Tell whether the history at ``url`` may contain records: False only for an SQLite file that does not exist."""
     try:
         path = _sqlite_file(sa.make_url(url))
     except SQLAlchemyError:

@@ -234,18 +234,19 @@ def test_registry_ignores_unreadable_history_note(tmp_path: Path) -> None:
 
 
 def test_other_histories_skip_first_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    default, b, c = (f"sqlite:///{tmp_path / name}" for name in ("default.db", "b.db", "c.db"))
-    for name in ("default.db", "b.db", "c.db"):
+    names = ("default.db", "team.db", "mine.db")
+    default, team, mine = (f"sqlite:///{tmp_path / name}" for name in names)
+    for name in names:
         (tmp_path / name).touch()
     monkeypatch.setenv("TRAINING_HISTORY_URL", default)
-    # A history whose SQLite file is gone holds no job, and opening it would create it.
-    gone = f"sqlite:///{tmp_path / 'gone.db'}"
-    noted = [default, b, b, gone, c]
+    # A history whose SQLite file is missing contains no job, and opening it would create it.
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    noted = [default, team, team, missing, mine]
 
-    assert other_histories(None, noted) == [b, c]
-    assert other_histories(b, noted) == [default, c]
+    assert other_histories(None, noted) == [team, mine]
+    assert other_histories(team, noted) == [default, mine]
     monkeypatch.chdir(tmp_path)
-    assert other_histories("sqlite:///b.db", noted) == [default, c]
+    assert other_histories("sqlite:///team.db", noted) == [default, mine]
 
 
 def test_run_cluster_stop_marks_noted_jobs_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
