@@ -123,6 +123,41 @@ class CommandError(click.ClickException):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def command_error(err: Exception) -> CommandError | None:
+    """Return the message and documented exit code for one of the platform's errors; ``None`` for any other."""
+    if isinstance(err, CommandError):
+        return err
+    if isinstance(err, InvalidRequestError):
+        problem = rename_fields(err.problem, _OPTION_OF_FIELD)
+        fix = rename_fields(err.fix, _OPTION_OF_FIELD)
+        return CommandError(f"{option_for(err.field)}: {problem}. {fix} Nothing was created.", EXIT_INVALID_REQUEST)
+    if isinstance(err, ClusterNotFoundError):
+        return CommandError(str(err), EXIT_NOT_FOUND)
+    if isinstance(err, (ClusterStartError, ClusterConflictError)):
+        return CommandError(str(err), EXIT_START_FAILED)
+    if isinstance(err, RayJobError):
+        return CommandError(str(err), EXIT_JOB_FAILED)
+    if isinstance(err, ApiException):
+        return CommandError(
+            f"the Kubernetes API returned HTTP {err.status} {err.reason}: {_api_message(err)}", EXIT_PLATFORM
+        )
+    if isinstance(err, urllib3.exceptions.HTTPError):
+        return CommandError(
+            f"the Kubernetes API cannot be reached: {err}. Check KUBE_API_URL or the kubeconfig context.",
+            EXIT_PLATFORM,
+        )
+    if isinstance(err, (DashboardError, HistoryError, PlatformError)):
+        return CommandError(str(err), EXIT_PLATFORM)
+    if isinstance(err, ConfigException):
+        return CommandError(
+            f"no Kubernetes API is configured ({err}). Set KUBE_API_URL, or KUBECONFIG and KUBE_CONTEXT.",
+            EXIT_PLATFORM,
+        )
+    if isinstance(err, OSError):
+        return CommandError(f"{err}. Check that TRAINCTL_HOME ({state_dir()}) is a writable folder.", EXIT_PLATFORM)
+    return None
+
+
 def handle_errors(command: F) -> F:
     """Turn the platform's errors into messages and the documented exit codes."""
 
@@ -130,41 +165,14 @@ def handle_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except InvalidRequestError as err:
-            problem = rename_fields(err.problem, _OPTION_OF_FIELD)
-            fix = rename_fields(err.fix, _OPTION_OF_FIELD)
-            raise CommandError(
-                f"{option_for(err.field)}: {problem}. {fix} Nothing was created.", EXIT_INVALID_REQUEST
-            ) from err
-        except ClusterNotFoundError as err:
-            raise CommandError(str(err), EXIT_NOT_FOUND) from err
-        except (ClusterStartError, ClusterConflictError) as err:
-            raise CommandError(str(err), EXIT_START_FAILED) from err
-        except RayJobError as err:
-            raise CommandError(str(err), EXIT_JOB_FAILED) from err
-        except ApiException as err:
-            raise CommandError(
-                f"the Kubernetes API returned HTTP {err.status} {err.reason}: {_api_message(err)}", EXIT_PLATFORM
-            ) from err
-        except urllib3.exceptions.HTTPError as err:
-            raise CommandError(
-                f"the Kubernetes API cannot be reached: {err}. Check KUBE_API_URL or the kubeconfig context.",
-                EXIT_PLATFORM,
-            ) from err
-        except (DashboardError, HistoryError, PlatformError) as err:
-            raise CommandError(str(err), EXIT_PLATFORM) from err
-        except ConfigException as err:
-            raise CommandError(
-                f"no Kubernetes API is configured ({err}). Set KUBE_API_URL, or KUBECONFIG and KUBE_CONTEXT.",
-                EXIT_PLATFORM,
-            ) from err
-        except OSError as err:
-            raise CommandError(
-                f"{err}. Check that TRAINCTL_HOME ({state_dir()}) is a writable folder.", EXIT_PLATFORM
-            ) from err
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except Exception as err:
+            converted = command_error(err)
+            if converted is None or converted is err:
+                raise
+            raise converted from err
 
     return wrapper  # type: ignore[return-value]
 
@@ -770,39 +778,61 @@ def down(
         click.echo("No cluster to delete.")
         return
     history = open_history(history_url, warn=_warn)
+    failed: list[tuple[str, CommandError]] = []
     try:
         for target in targets:
-            lost = _delete(clusters, target.name, history, history_url)
+            try:
+                lost = _delete(clusters, target.name, history, history_url)
+            except Exception as err:
+                failure = command_error(err)
+                if name is not None or failure is None:
+                    raise
+                if isinstance(err, ClusterNotFoundError):
+                    # The keeper or another `down` removed it since the list was read.
+                    click.echo(f"{target.name} is already gone")
+                    continue
+                _warn(f"{target.name} was not deleted: {failure.message}")
+                failed.append((target.name, failure))
+                continue
             note = f"; {lost} unfinished job(s) marked LOST" if lost else ""
             click.echo(f"Deleted {target.name}{note}")
     finally:
         if history is not None:
             history.close()
+    if failed:
+        names = ", ".join(failed_name for failed_name, _ in failed)
+        raise CommandError(
+            f"{len(failed)} of {len(targets)} cluster(s) were not deleted: {names}. The warnings above give the "
+            "reasons. Fix them and run the command again.",
+            failed[0][1].exit_code,
+        )
 
 
 def _delete(clusters: Clusters, name: str, history: JobHistory | None, history_url: str | None) -> int:
     """Delete cluster ``name`` and record its jobs' end in ``history`` and in each history noted for it.
 
-    Returns how many unfinished jobs were marked LOST.
+    A failing history only gets a warning, so it never blocks the delete. Returns how many
+    unfinished jobs were marked LOST.
     """
     opened = [open_history(url, warn=_warn) for url in other_histories(history_url, clusters.noted_histories(name))]
     others = [item for item in opened if item is not None]
+    histories = ([] if history is None else [(history, "the job history")]) + [
+        (other, "a history that submit used") for other in others
+    ]
     message = "its cluster was deleted before the job ended"
     try:
-        if history is not None:
-            _settle_jobs(clusters, history, name)
-        for other in others:
+        for store, label in histories:
             try:
-                _settle_jobs(clusters, other, name)
+                _settle_jobs(clusters, store, name)
             except HistoryError as err:
-                _warn(f"the jobs of {name} were not updated in a history that submit used: {err}")
+                _warn(f"the jobs of {name} were not updated in {label}: {err}")
         clusters.delete(name)
-        lost = 0 if history is None else history.mark_lost(name, message=message, at=_now())
-        for other in others:
+        lost = 0
+        for store, label in histories:
             try:
-                lost += other.mark_lost(name, message=message, at=_now())
+                lost += store.mark_lost(name, message=message, at=_now())
             except HistoryError as err:
-                _warn(f"the jobs of {name} were not marked LOST in a history that submit used: {err}")
+                _warn(f"the jobs of {name} were not marked LOST in {label}: {err}")
         return lost
     finally:
         for other in others:

@@ -4,6 +4,7 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ import yaml
 from click.testing import CliRunner
 
 from resources.cli import main as main_module
+from resources.cli.backends import ClusterNotFoundError, current_user
 from resources.cli.main import EXIT_CODES, cli, option_for
 from resources.dashboard import DashboardError
 from resources.history import HistoryError, JobHistory, JobRecord
+from resources.kuberay.inventory import ClusterSummary
 from resources.kuberay.schema import validate_manifest
 from resources.local_registry import LocalRegistry
 from resources.spec import format_duration, format_size, parse_duration_minutes
@@ -255,3 +258,68 @@ def test_down_survives_broken_noted_history(
     warnings = capsys.readouterr().err
     assert "were not updated in a history that submit used" in warnings
     assert "were not marked LOST in a history that submit used" in warnings
+
+
+def test_down_survives_broken_own_history(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TRAINING_HISTORY_URL", env["TRAINING_HISTORY_URL"])
+    clusters = NotedClusters([])
+
+    lost = main_module._delete(clusters, "exp-a", BrokenHistory(), None)  # type: ignore[arg-type]
+
+    assert clusters.deleted == ["exp-a"]
+    assert lost == 0
+    warnings = capsys.readouterr().err
+    assert "the jobs of exp-a were not updated in the job history: Could not list" in warnings
+    assert "the jobs of exp-a were not marked LOST in the job history: Could not mark" in warnings
+
+
+class MyClusters(NotedClusters):
+    """Three clusters of the current user: the first cannot be deleted, the second is gone by the time of its delete."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.summaries = [
+            ClusterSummary(
+                name=name, namespace="", origin="manual", created=NOW, ttl=dt.timedelta(hours=1), state="ready",
+                workers_ready=1, workers_desired=1, cpus=Decimal(2), gpus=0, memory=2**30,
+                team="", owner=current_user(), run_id="", partition="",
+            )
+            for name in ("exp-stuck", "exp-gone", "exp-ok")
+        ]  # fmt: skip
+
+    def list(self) -> list[object]:
+        return self.summaries
+
+    def delete(self, name: str) -> None:
+        if name == "exp-stuck":
+            raise DashboardError("http://127.0.0.1:9", "the keeper did not answer")
+        if name == "exp-gone":
+            raise ClusterNotFoundError(name, "on this machine")
+        super().delete(name)
+
+
+def test_down_mine_goes_on_after_a_cluster_fails(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    clusters = MyClusters()
+    monkeypatch.setattr(main_module, "_clusters", lambda backend, namespace: clusters)
+
+    code, out, err = invoke(env, "down", "--mine")
+
+    assert clusters.deleted == ["exp-ok"]
+    assert code == 6
+    assert "exp-gone is already gone" in out
+    assert "Deleted exp-ok" in out
+    assert "Warning: exp-stuck was not deleted: " in err
+    assert "1 of 3 cluster(s) were not deleted: exp-stuck." in err
+
+
+def test_down_by_name_reports_a_missing_cluster(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    clusters = MyClusters()
+    monkeypatch.setattr(main_module, "_clusters", lambda backend, namespace: clusters)
+    clusters.find = lambda name: clusters.summaries[1]  # type: ignore[attr-defined]
+
+    code, _, err = invoke(env, "down", "exp-gone")
+
+    assert code == 4
+    assert "No cluster named 'exp-gone' on this machine." in err
