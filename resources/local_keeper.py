@@ -6,7 +6,8 @@ From then on the keeper runs on its own: it keeps the cluster running until its 
 receives SIGTERM (``trainctl down``), or one of the cluster's nodes exits, and in each
 case stops every process of the cluster and removes its record. When it stops the
 cluster on its own, it first records the end of the cluster's jobs in the job history, and
-leaves a note of the reason that ``trainctl status`` shows. If the keeper itself
+leaves a note of the reason that ``trainctl status`` shows. A history or Jobs API that
+hangs delays the stop by at most ``JOB_ENDING_WAIT_S``. If the keeper itself
 is killed, the cluster's watchdog (``resources.reaper``) stops the nodes.
 """
 
@@ -36,6 +37,9 @@ from resources.spec import ClusterSpec, format_duration
 logger = logging.getLogger("resources.local_keeper")
 
 HEALTH_CHECK_INTERVAL_S = 2.0
+# How long the keeper waits for its jobs' end to be recorded before it stops the cluster, and
+# again after. A history or a head that hangs must not keep the nodes running past the lifetime.
+JOB_ENDING_WAIT_S = 40.0
 
 
 # Set by SIGTERM or SIGHUP. The handler only sets it: an exception raised from a handler
@@ -98,8 +102,20 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
     except Exception as err:  # noqa: BLE001 - every failure is reported to `trainctl up` before the cluster stops
         return _report_failure(name, err)
     finally:
+        ending = None
         if reason is not None and info is not None:
-            _end_jobs_everywhere(registry, name, info.dashboard_url, reason)
+            ending = threading.Thread(
+                target=_end_jobs_everywhere, args=(registry, name, info.dashboard_url, reason), daemon=True
+            )
+            ending.start()
+            ending.join(JOB_ENDING_WAIT_S)
+            if ending.is_alive():
+                logger.warning(
+                    "Stopping %s before its jobs' end is recorded: the Jobs API or a job history did not respond "
+                    "within %g s",
+                    name,
+                    JOB_ENDING_WAIT_S,
+                )
         cluster.stop()
         if reason is not None:
             try:
@@ -107,6 +123,16 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
             except OSError as err:
                 logger.warning("Failed to write the reason %s stopped: %s", name, err)
         registry.remove(name)
+        if ending is not None and ending.is_alive():
+            # The cluster is gone, so the thread has only the history writes left (marking the jobs LOST).
+            ending.join(JOB_ENDING_WAIT_S)
+            if ending.is_alive():
+                logger.warning(
+                    "Stopped waiting for the job histories of %s after %g s more; its unfinished jobs may stay "
+                    "RUNNING there",
+                    name,
+                    JOB_ENDING_WAIT_S,
+                )
 
 
 def _end_jobs_everywhere(registry: LocalRegistry, name: str, dashboard_url: str, reason: str) -> None:
