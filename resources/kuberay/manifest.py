@@ -225,6 +225,13 @@ class ClusterRequest:
             raise InvalidRequestError(
                 "template", f"template {self.template!r} has no GPUs", "Use template 'gpu' to ask for GPUs."
             )
+        if self.gpus_per_worker == 0 and self.template == "gpu":
+            # Otherwise the GPU image would run on CPU nodes, and training would fall back to the CPU unnoticed.
+            raise InvalidRequestError(
+                "gpus_per_worker",
+                "template 'gpu' is used with 0 GPUs per worker",
+                "Set gpus_per_worker and gpu_type, or use template 'cpu'.",
+            )
         if self.gpus_per_worker > 0 and not self.gpu_type:
             raise InvalidRequestError(
                 "gpu_type", "GPUs are requested without a GPU type", "Set gpu_type, such as 'l4'."

@@ -180,6 +180,12 @@ KUBERAY_CASES = [
         {"gpus_per_worker": 1, "gpu_type": "l4"}, "template", "Use template 'gpu' to ask for GPUs.", id="gpus-on-cpu"
     ),
     pytest.param({"gpu_type": "l4"}, "gpu_type", "Set gpus_per_worker or remove gpu_type.", id="gpu-type-without-gpus"),
+    pytest.param(
+        {"template": "gpu"},
+        "gpus_per_worker",
+        "Set gpus_per_worker and gpu_type, or use template 'cpu'.",
+        id="gpu-template-without-gpus",
+    ),
     pytest.param({"template": "tpu"}, "template", "Use one of ['cpu', 'gpu'].", id="template-unknown"),
     pytest.param({"image": "evil.example.com/ray:2.60.0"}, HEAD_IMAGE, IMAGE_PREFIX_FIX, id="image-registry"),
     pytest.param({"image": "rayproject/ray-evil:2.60.0"}, HEAD_IMAGE, IMAGE_PREFIX_FIX, id="image-lookalike"),
@@ -385,6 +391,12 @@ KUBERAY_OPTION_CASES = [
     pytest.param(("--gpus-per-worker", "1"), "--gpu-type", "Set --gpu-type, such as 'l4'.", id="gpus-without-type"),
     pytest.param(("--gpus-per-worker", "1", "--gpu-type", "v100"), "--gpu-type", GPU_TYPES_FIX, id="gpu-type-unknown"),
     pytest.param(("--gpu-type", "l4"), "--gpu-type", "Set --gpus-per-worker", id="gpu-type-without-gpus"),
+    pytest.param(
+        ("--template", "gpu"),
+        "--gpus-per-worker",
+        "Set --gpus-per-worker and --gpu-type, or use template 'cpu'.",
+        id="gpu-template-without-gpus",
+    ),
     pytest.param(
         ("--template", "cpu", "--gpus-per-worker", "1", "--gpu-type", "l4"),
         "--template",

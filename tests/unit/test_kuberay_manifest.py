@@ -65,7 +65,7 @@ def edge_requests(policy: Policy) -> list[dict[str, Any]]:
         {"template": "cpu", "workers": policy.max_workers},
         {"template": "cpu", "workers": 1, "min_workers": 0, "max_workers": policy.max_workers},
         {"template": "cpu", "workers": 2, "min_workers": 1, "max_workers": 4, "head_cpus": 0},
-        {"template": "gpu", "workers": 1},
+        {"template": "gpu", "workers": 1, "gpus_per_worker": 1, "gpu_type": "l4"},
         {"template": "gpu", "workers": 1, "gpus_per_worker": policy.max_gpus_per_cluster, "gpu_type": "h200"},
         {"template": "gpu", "workers": 2, "gpus_per_worker": policy.max_gpus_per_cluster // 2, "gpu_type": "a100"},
         {"template": "gpu", "workers": 1, "max_workers": 2, "gpus_per_worker": 1, "gpu_type": "t4"},
@@ -85,7 +85,8 @@ def edge_contexts() -> list[RunContext]:
 
 def test_every_template_renders_valid(policy: Policy) -> None:
     for template in TEMPLATES:
-        manifest = render(policy, template=template)
+        gpus = {"gpus_per_worker": 1, "gpu_type": "l4"} if template == "gpu" else {}
+        manifest = render(policy, template=template, **gpus)
         assert validate_manifest(manifest) == [], template
 
 
@@ -225,7 +226,8 @@ def test_worker_resources_from_request(policy: Policy) -> None:
 
 def test_default_images_per_template(policy: Policy) -> None:
     assert worker_container(render(policy, template="cpu"))["image"] == DEFAULT_IMAGES["cpu"]
-    assert worker_container(render(policy, template="gpu"))["image"] == DEFAULT_IMAGES["gpu"]
+    gpu_manifest = render(policy, template="gpu", gpus_per_worker=1, gpu_type="l4")
+    assert worker_container(gpu_manifest)["image"] == DEFAULT_IMAGES["gpu"]
 
 
 def test_image_is_overridable(policy: Policy) -> None:
@@ -245,12 +247,12 @@ def test_gpu_workers_scheduled_on_type(policy: Policy) -> None:
     assert group["rayStartParams"]["num-gpus"] == "2"
 
 
-def test_gpu_template_without_gpus(policy: Policy) -> None:
-    manifest = render(policy, template="gpu")
-    group = worker_group(manifest)
-    assert "nvidia.com/gpu" not in group["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert "num-gpus" not in group["rayStartParams"]
-    assert "nodeSelector" not in group["template"]["spec"]
+def test_gpu_template_without_gpus_rejected(policy: Policy) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        render(policy, template="gpu")
+    assert caught.value.field == "gpus_per_worker"
+    assert "template 'gpu' is used with 0 GPUs per worker" in str(caught.value)
+    assert "or use template 'cpu'" in str(caught.value)
 
 
 def test_gpu_template_annotation_matches_policy_key() -> None:
@@ -299,7 +301,8 @@ def rejected_field(policy: Policy, **request_fields: Any) -> str:
         ({"gpus_per_worker": -1}, "gpus_per_worker"),
         ({"gpus_per_worker": 1, "gpu_type": "t4"}, "template"),
         ({"template": "gpu", "gpus_per_worker": 1}, "gpu_type"),
-        ({"template": "gpu", "gpu_type": "t4"}, "gpu_type"),
+        ({"template": "gpu", "gpu_type": "t4"}, "gpus_per_worker"),
+        ({"template": "cpu", "gpu_type": "t4"}, "gpu_type"),
         ({"image": ""}, "image"),
         ({"ttl_minutes": 0}, "ttl"),
         ({"ttl_minutes": -60}, "ttl"),
