@@ -29,6 +29,9 @@ TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED", "LOST"})
 LOG_TAIL_LINES = 200
 _SCHEMA_VERSION = 1
 _SQLITE_BUSY_TIMEOUT_S = 30.0
+_SERVER_CONNECT_TIMEOUT_S = 10
+# The PostgreSQL drivers built on libpq, which takes a connect_timeout in seconds.
+_LIBPQ_DRIVERS = frozenset({"psycopg2", "psycopg"})
 
 _ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
 _STATUSES = _ACTIVE_STATUSES | TERMINAL_STATUSES
@@ -222,9 +225,18 @@ def history_exists(url: str) -> bool:
     return path is None or path.exists()
 
 
+def _server_connect_args(url: URL) -> dict[str, Any]:
+    """Return the connection arguments of a server database: a connect timeout for libpq, unless the URL sets one."""
+    # Without connect_timeout libpq waits indefinitely, so a server that accepts connections and never
+    # responds would hang a run or `trainctl` for good.
+    if url.get_driver_name() in _LIBPQ_DRIVERS and "connect_timeout" not in url.query:
+        return {"connect_timeout": _SERVER_CONNECT_TIMEOUT_S}
+    return {}
+
+
 def _create_engine(url: URL) -> sa.Engine:
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        return sa.create_engine(url, pool_pre_ping=True, connect_args=_server_connect_args(url))
     path = _sqlite_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +279,7 @@ class JobHistory:
         except SQLAlchemyError as err:
             raise HistoryError(
                 f"Invalid job history URL: {err}. Set TRAINING_HISTORY_URL to an SQLAlchemy database URL "
-                "such as sqlite:////var/lib/training/history.db or postgresql://user@host/db."
+                "such as sqlite:////var/lib/training/history.db or postgresql+psycopg://user@host/db."
             ) from err
 
         try:

@@ -3,8 +3,10 @@
 import datetime
 import importlib.util
 import pickle
+import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -533,3 +535,61 @@ def test_history_exists_only_false_for_missing_sqlite(tmp_path: Path) -> None:
     assert not history_exists(f"sqlite:///{tmp_path / 'missing.db'}")
     assert history_exists("postgresql://trainer@db/history")
     assert history_exists("sqlite://")
+
+
+def test_error_hides_password_from_psycopg() -> None:
+    # Nothing listens on port 1, so psycopg fails at connect.
+    with pytest.raises(HistoryError) as raised:
+        JobHistory("postgresql+psycopg://user:s3cret@127.0.0.1:1/db")
+
+    message = str(raised.value)
+    assert "s3cret" not in message
+    assert "postgresql+psycopg://user:***@127.0.0.1:1/db" in message
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Yield the port of a server on 127.0.0.1 that accepts connections and never responds, as a stalled database."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        server.close()
+
+
+@pytest.mark.timeout(60)
+def test_stalled_postgresql_times_out(silent_server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(history_module, "_SERVER_CONNECT_TIMEOUT_S", 1)
+    started = time.monotonic()
+
+    with pytest.raises(HistoryError) as raised:
+        JobHistory(f"postgresql+psycopg://user@127.0.0.1:{silent_server}/db")
+
+    assert time.monotonic() - started < 15
+    assert "timeout" in str(raised.value).lower()
+
+
+def test_connect_timeout_in_url_is_kept() -> None:
+    url = sa.make_url("postgresql+psycopg://user@db.internal/history?connect_timeout=3")
+
+    assert history_module._server_connect_args(url) == {}
+    assert history_module._server_connect_args(sa.make_url("postgresql+psycopg://user@db.internal/history")) == {
+        "connect_timeout": 10
+    }
