@@ -108,8 +108,10 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
                 target=_end_jobs_everywhere, args=(registry, name, info.dashboard_url, reason), daemon=True
             )
             ending.start()
-            ending.join(JOB_ENDING_WAIT_S)
-            if ending.is_alive():
+            ended = _wait_for(ending, JOB_ENDING_WAIT_S)
+            if not ended and _stop_requested.is_set():
+                logger.info("Stopping %s on request; trainctl down records the end of its jobs", name)
+            elif not ended:
                 logger.warning(
                     "Stopping %s before its jobs' end is recorded: the Jobs API or a job history did not respond "
                     "within %g s",
@@ -117,22 +119,33 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
                     JOB_ENDING_WAIT_S,
                 )
         cluster.stop()
+        if reason is not None and ending is not None and ending.is_alive() and not _stop_requested.is_set():
+            # The cluster is gone, so the thread has only the history writes left (marking the jobs LOST).
+            # The record stays until then, so that a new cluster cannot take the name while they run.
+            if not _wait_for(ending, JOB_ENDING_WAIT_S):
+                logger.warning("Stopped waiting for the job histories of %s after %g s more", name, JOB_ENDING_WAIT_S)
+                reason += ". Its unfinished jobs may still show RUNNING, because a job history did not respond in time"
         if reason is not None:
             try:
                 registry.write_ending(name, reason, dt.datetime.now(dt.UTC))
             except OSError as err:
                 logger.warning("Failed to write the reason %s stopped: %s", name, err)
         registry.remove(name)
-        if ending is not None and ending.is_alive():
-            # The cluster is gone, so the thread has only the history writes left (marking the jobs LOST).
-            ending.join(JOB_ENDING_WAIT_S)
-            if ending.is_alive():
-                logger.warning(
-                    "Stopped waiting for the job histories of %s after %g s more; its unfinished jobs may stay "
-                    "RUNNING there",
-                    name,
-                    JOB_ENDING_WAIT_S,
-                )
+
+
+def _wait_for(thread: threading.Thread, timeout_s: float) -> bool:
+    """Wait until ``thread`` ends, ``timeout_s`` passes or a stop is requested; return whether it ended.
+
+    `trainctl down` waits only ``resources.cli.backends.KEEPER_STOP_TIMEOUT_S`` for the keeper, and records
+    the jobs' end itself.
+    """
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and not _stop_requested.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        thread.join(min(remaining, 0.2))
+    return not thread.is_alive()
 
 
 def _end_jobs_everywhere(registry: LocalRegistry, name: str, dashboard_url: str, reason: str) -> None:

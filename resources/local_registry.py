@@ -247,9 +247,17 @@ class LocalRegistry:
         (self.root / f"{name}.starting").unlink(missing_ok=True)
 
     def remove(self, name: str) -> None:
-        """Remove a cluster's record, its keeper's log and its job history notes; nothing happens if they are gone."""
+        """Remove a cluster's record, its keeper's log and its job history notes; nothing happens if they are gone.
+
+        Raises:
+            OSError: the record could not be removed. A log that cannot be removed only gets a warning,
+                because by then the cluster is gone for every command.
+        """
         self.path(name).unlink(missing_ok=True)
-        self.log_path(name).unlink(missing_ok=True)
+        try:
+            self.log_path(name).unlink(missing_ok=True)
+        except OSError as err:
+            logger.warning("Failed to remove the keeper's log of %s: %s", name, err)
         shutil.rmtree(self.histories_path(name), ignore_errors=True)
 
     def get(self, name: str) -> LocalClusterRecord | None:

@@ -160,6 +160,18 @@ def test_orphan_sensor_deletes_expired_manual_cluster() -> None:
     assert remaining == ["exp-young"]
 
 
+def test_registry_remove_survives_unremovable_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    registry = LocalRegistry(tmp_path)
+    registry.path("exp-a").write_text("{}")
+    # A folder where the keeper's log should be: unlink fails with IsADirectoryError.
+    registry.log_path("exp-a").mkdir()
+
+    registry.remove("exp-a")
+
+    assert not registry.path("exp-a").exists()
+    assert "Failed to remove the keeper's log of exp-a" in caplog.text
+
+
 def test_registry_claim_is_exclusive(tmp_path: Path) -> None:
     registry = LocalRegistry(tmp_path)
     assert registry.claim("exp-a")

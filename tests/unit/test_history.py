@@ -3,7 +3,6 @@
 import datetime
 import importlib.util
 import pickle
-import socket
 import sqlite3
 import threading
 import time
@@ -545,33 +544,6 @@ def test_error_hides_password_from_psycopg() -> None:
     message = str(raised.value)
     assert "s3cret" not in message
     assert "postgresql+psycopg://user:***@127.0.0.1:1/db" in message
-
-
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """Yield the port of a server on 127.0.0.1 that accepts connections and never responds, as a stalled database."""
-    server = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join()
-        for connection in accepted:
-            connection.close()
-        server.close()
 
 
 @pytest.mark.timeout(60)

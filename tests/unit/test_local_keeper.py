@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from resources import history as history_module
 from resources import local_keeper
 
 
@@ -49,6 +50,7 @@ class Registry:
 def keeper(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_keeper, "JOB_ENDING_WAIT_S", 0.5)
     monkeypatch.setattr(local_keeper, "HEALTH_CHECK_INTERVAL_S", 0.05)
+    monkeypatch.setattr(local_keeper, "_stop_requested", threading.Event())
     monkeypatch.setattr(local_keeper, "_say", lambda kind, text: None)
     monkeypatch.setattr(local_keeper, "_detach_stdout", lambda: None)
     monkeypatch.setattr(
@@ -80,9 +82,9 @@ def test_hung_history_does_not_delay_stop(monkeypatch: pytest.MonkeyPatch, caplo
     assert took_s < 5
     assert events == [
         "cluster stopped",
+        "jobs ended: Ray head exited",
         "ending written: Ray head exited",
         "record removed",
-        "jobs ended: Ray head exited",
     ]
     assert "Stopping exp-lost before its jobs' end is recorded" in caplog.text
     assert "Stopped waiting" not in caplog.text
@@ -99,7 +101,12 @@ def test_unresponsive_history_is_abandoned(monkeypatch: pytest.MonkeyPatch, capl
 
     assert code == 1
     assert took_s < 5
-    assert events == ["cluster stopped", "ending written: Ray head exited", "record removed"]
+    assert events == [
+        "cluster stopped",
+        "ending written: Ray head exited. Its unfinished jobs may still show RUNNING, because a job history did not "
+        "respond in time",
+        "record removed",
+    ]
     assert "Stopped waiting for the job histories of exp-lost after 0.5 s more" in caplog.text
 
 
@@ -112,3 +119,53 @@ def test_jobs_end_before_stop(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert code == 1
     assert events == ["jobs ended", "cluster stopped", "ending written: Ray head exited", "record removed"]
+
+
+@pytest.mark.usefixtures("keeper")
+def test_stop_request_cuts_wait_short(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # `trainctl down` waits 30 s for the keeper, so a SIGTERM must not wait out a hung history.
+    monkeypatch.setattr(local_keeper, "JOB_ENDING_WAIT_S", 20.0)
+    events: list[str] = []
+    never = threading.Event()
+
+    def end_jobs(*args: object) -> None:
+        local_keeper._on_signal(15, None)
+        never.wait(30)
+
+    monkeypatch.setattr(local_keeper, "_end_jobs_everywhere", end_jobs)
+    with caplog.at_level(logging.INFO, logger="resources.local_keeper"):
+        code, took_s = hold(events, threading.Event())
+    never.set()
+
+    assert code == 1
+    assert took_s < 5
+    assert events == ["cluster stopped", "ending written: Ray head exited", "record removed"]
+    assert "Stopping exp-lost on request; trainctl down records the end of its jobs" in caplog.text
+
+
+@pytest.mark.usefixtures("keeper")
+@pytest.mark.timeout(60)
+def test_stalled_postgresql_history_is_abandoned(
+    silent_server: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TRAINING_HISTORY_URL", f"postgresql+psycopg://user@127.0.0.1:{silent_server}/db")
+    monkeypatch.setattr(history_module, "_SERVER_CONNECT_TIMEOUT_S", 30)
+    events: list[str] = []
+    registry = Registry(events)
+    registry.histories = lambda name: []  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.WARNING, logger="resources.local_keeper"):
+        started = time.monotonic()
+        code = local_keeper.hold(
+            LosingCluster(events, threading.Event()),  # type: ignore[arg-type]
+            registry=registry,  # type: ignore[arg-type]
+            ttl_s=60.0,
+            details={},
+        )
+        took_s = time.monotonic() - started
+
+    assert code == 1
+    assert took_s < 5
+    assert events[0] == "cluster stopped"
+    assert events[1].startswith("ending written: Ray head exited. Its unfinished jobs may still show RUNNING")
+    assert "Stopping exp-lost before its jobs' end is recorded" in caplog.text
