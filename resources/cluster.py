@@ -181,11 +181,9 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             )
 
         settings: dict[str, object] = {"backend": backend}
-        variable_of_field = {}
         for variable, (field, kind) in CLUSTER_VARIABLES.items():
             if variable not in env:
                 continue
-            variable_of_field[field] = variable
             if kind is bool:
                 if env[variable].lower() not in ("true", "false", "1", "0"):
                     raise InvalidRequestError(
@@ -210,10 +208,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             if backend == "kuberay":
                 resource.cluster_request()
         except InvalidRequestError as err:
-            variable = variable_of_field.get(err.field)
-            if variable is None:
-                raise
-            raise InvalidRequestError(variable, err.problem, err.fix) from err
+            raise naming_variables(err) from err
         return resource
 
     def cluster_spec(self, *, check_machine: bool = True) -> ClusterSpec:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+import psutil
 import requests
 import urllib3
 from kubernetes.client.exceptions import ApiException
@@ -153,6 +154,18 @@ def command_error(err: Exception) -> CommandError | None:
             f"no Kubernetes API is configured ({err}). Set KUBE_API_URL, or KUBECONFIG and KUBE_CONTEXT.",
             EXIT_PLATFORM,
         )
+    # requests' errors are OSErrors too, but they come from a cluster's dashboard, not from the state folder.
+    if isinstance(err, requests.exceptions.RequestException):
+        return CommandError(
+            f"the Ray dashboard did not respond: {err}. Check with `trainctl status NAME` that the cluster is ready.",
+            EXIT_PLATFORM,
+        )
+    if isinstance(err, psutil.AccessDenied):
+        return CommandError(
+            f"a process of a local cluster could not be signalled: {err}. A cluster started by another user "
+            "can only be stopped by that user or root.",
+            EXIT_PLATFORM,
+        )
     if isinstance(err, OSError):
         return CommandError(f"{err}. Check that TRAINCTL_HOME ({state_dir()}) is a writable folder.", EXIT_PLATFORM)
     return None
@@ -184,8 +197,25 @@ def _api_message(err: ApiException) -> str:
         return str(err.body)
 
 
+# The size and shape of a pipeline run's cluster. trainctl takes them from its options, so
+# a value set for the pipelines neither applies to a command nor fails it.
+_PIPELINE_CLUSTER_VARIABLES = frozenset(
+    {
+        "RAY_WORKERS",
+        "RAY_CPUS_PER_WORKER",
+        "RAY_GPUS_PER_WORKER",
+        "RAY_MEMORY_PER_WORKER",
+        "KUBERAY_TEMPLATE",
+        "KUBERAY_IMAGE",
+        "KUBERAY_GPU_TYPE",
+        "KUBERAY_TEAM",
+        "RAY_MAX_CLUSTER_AGE_HOURS",
+    }
+)
+
+
 def _settings(backend: str | None, namespace: str | None) -> RayClusterResource:
-    environ = dict(os.environ)
+    environ = {key: value for key, value in os.environ.items() if key not in _PIPELINE_CLUSTER_VARIABLES}
     if backend:
         environ["RAY_BACKEND"] = backend
     if namespace:

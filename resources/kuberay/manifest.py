@@ -228,7 +228,7 @@ class ClusterRequest:
         if self.gpus_per_worker == 0 and self.template == "gpu":
             # Otherwise the GPU image would run on CPU nodes, and training would fall back to the CPU unnoticed.
             raise InvalidRequestError(
-                "gpus_per_worker",
+                "template",
                 "template 'gpu' is used with 0 GPUs per worker",
                 "Set gpus_per_worker and gpu_type, or use template 'cpu'.",
             )

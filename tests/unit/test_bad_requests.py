@@ -182,7 +182,7 @@ KUBERAY_CASES = [
     pytest.param({"gpu_type": "l4"}, "gpu_type", "Set gpus_per_worker or remove gpu_type.", id="gpu-type-without-gpus"),
     pytest.param(
         {"template": "gpu"},
-        "gpus_per_worker",
+        "template",
         "Set gpus_per_worker and gpu_type, or use template 'cpu'.",
         id="gpu-template-without-gpus",
     ),
@@ -322,6 +322,7 @@ def test_local_run_fails_before_steps(spawned: list[list[str]], fields: dict[str
         ("KUBERAY_TEAM", "Ranking & Recs!", LABEL_FIX),
         ("RAY_MAX_CLUSTER_AGE_HOURS", "nan", CLUSTER_AGE_FIX),
         ("RAY_MAX_CLUSTER_AGE_HOURS", "-1", CLUSTER_AGE_FIX),
+        ("KUBERAY_TEMPLATE", "gpu", "Set RAY_GPUS_PER_WORKER and KUBERAY_GPU_TYPE, or use template 'cpu'."),
     ],
 )
 def test_environment_names_variable(variable: str, value: str, fix: str) -> None:
@@ -393,7 +394,7 @@ KUBERAY_OPTION_CASES = [
     pytest.param(("--gpu-type", "l4"), "--gpu-type", "Set --gpus-per-worker", id="gpu-type-without-gpus"),
     pytest.param(
         ("--template", "gpu"),
-        "--gpus-per-worker",
+        "--template",
         "Set --gpus-per-worker and --gpu-type, or use template 'cpu'.",
         id="gpu-template-without-gpus",
     ),
@@ -490,6 +491,18 @@ def test_trainctl_local_small_object_store_names_variable(
 
     assert_invalid_request(code, stderr, "RAY_OBJECT_STORE_MEMORY", "Use at least '128Mi'.")
     assert spawned == []
+
+
+def test_trainctl_ignores_pipeline_cluster_variables(trainctl_env: dict[str, str]) -> None:
+    # Values meant for the pipelines' clusters, one of them invalid on its own for trainctl's request.
+    env = {**trainctl_env, "KUBERAY_TEMPLATE": "gpu", "RAY_WORKERS": "lots", "KUBERAY_TEAM": "Ranking & Recs!"}
+
+    listed = trainctl(env, "list", "--backend", "kuberay")
+    rendered = trainctl(env, "render", "--gpus-per-worker", "1", "--gpu-type", "l4")
+
+    assert listed[0] == 0, listed[2]
+    assert rendered[0] == 0, rendered[2]
+    assert "training-pipelines/team" not in rendered[1]
 
 
 def test_trainctl_local_unusable_state_folder(

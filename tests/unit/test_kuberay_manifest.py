@@ -250,7 +250,7 @@ def test_gpu_workers_scheduled_on_type(policy: Policy) -> None:
 def test_gpu_template_without_gpus_rejected(policy: Policy) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         render(policy, template="gpu")
-    assert caught.value.field == "gpus_per_worker"
+    assert caught.value.field == "template"
     assert "template 'gpu' is used with 0 GPUs per worker" in str(caught.value)
     assert "or use template 'cpu'" in str(caught.value)
 
@@ -301,7 +301,7 @@ def rejected_field(policy: Policy, **request_fields: Any) -> str:
         ({"gpus_per_worker": -1}, "gpus_per_worker"),
         ({"gpus_per_worker": 1, "gpu_type": "t4"}, "template"),
         ({"template": "gpu", "gpus_per_worker": 1}, "gpu_type"),
-        ({"template": "gpu", "gpu_type": "t4"}, "gpus_per_worker"),
+        ({"template": "gpu", "gpu_type": "t4"}, "template"),
         ({"template": "cpu", "gpu_type": "t4"}, "gpu_type"),
         ({"image": ""}, "image"),
         ({"ttl_minutes": 0}, "ttl"),

@@ -7,13 +7,15 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import psutil
 import pytest
+import requests
 import yaml
 from click.testing import CliRunner
 
 from resources.cli import main as main_module
 from resources.cli.backends import ClusterNotFoundError, current_user
-from resources.cli.main import EXIT_CODES, cli, option_for
+from resources.cli.main import EXIT_CODES, EXIT_PLATFORM, cli, command_error, option_for
 from resources.dashboard import DashboardError
 from resources.history import HistoryError, JobHistory, JobRecord
 from resources.kuberay.inventory import ClusterSummary
@@ -276,7 +278,7 @@ def test_down_survives_broken_own_history(
 
 
 class MyClusters(NotedClusters):
-    """Three clusters of the current user: the first cannot be deleted, the second is gone by the time of its delete."""
+    """Four clusters of the current user. Two cannot be deleted, and one is gone by the time of its delete."""
 
     def __init__(self) -> None:
         super().__init__([])
@@ -286,7 +288,7 @@ class MyClusters(NotedClusters):
                 workers_ready=1, workers_desired=1, cpus=Decimal(2), gpus=0, memory=2**30,
                 team="", owner=current_user(), run_id="", partition="",
             )
-            for name in ("exp-stuck", "exp-gone", "exp-ok")
+            for name in ("exp-stuck", "exp-gone", "exp-ok", "exp-other-user")
         ]  # fmt: skip
 
     def list(self) -> list[object]:
@@ -294,24 +296,32 @@ class MyClusters(NotedClusters):
 
     def delete(self, name: str) -> None:
         if name == "exp-stuck":
-            raise DashboardError("http://127.0.0.1:9", "the keeper did not answer")
+            raise DashboardError("http://127.0.0.1:9", "the keeper did not respond")
         if name == "exp-gone":
             raise ClusterNotFoundError(name, "on this machine")
+        if name == "exp-other-user":
+            raise psutil.AccessDenied(pid=4242)
         super().delete(name)
 
 
-def test_down_mine_goes_on_after_a_cluster_fails(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("selection", ["--mine", "--expired"])
+def test_down_goes_on_after_a_cluster_fails(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, selection: str
+) -> None:
     clusters = MyClusters()
     monkeypatch.setattr(main_module, "_clusters", lambda backend, namespace: clusters)
+    # Every cluster of MyClusters expired an hour after NOW.
+    monkeypatch.setattr(main_module, "_now", lambda: NOW + dt.timedelta(hours=2))
 
-    code, out, err = invoke(env, "down", "--mine")
+    code, out, err = invoke(env, "down", selection)
 
     assert clusters.deleted == ["exp-ok"]
     assert code == 6
     assert "exp-gone is already gone" in out
     assert "Deleted exp-ok" in out
     assert "Warning: exp-stuck was not deleted: " in err
-    assert "1 of 3 cluster(s) were not deleted: exp-stuck." in err
+    assert "Warning: exp-other-user was not deleted: a process of a local cluster could not be signalled" in err
+    assert "2 of 4 cluster(s) were not deleted: exp-stuck, exp-other-user." in err
 
 
 def test_down_by_name_reports_a_missing_cluster(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,3 +333,12 @@ def test_down_by_name_reports_a_missing_cluster(env: dict[str, str], monkeypatch
 
     assert code == 4
     assert "No cluster named 'exp-gone' on this machine." in err
+
+
+def test_dashboard_error_is_not_blamed_on_state_folder() -> None:
+    error = command_error(requests.exceptions.ConnectionError("connection refused"))
+
+    assert error is not None
+    assert error.exit_code == EXIT_PLATFORM
+    assert "the Ray dashboard did not respond: connection refused" in error.message
+    assert "TRAINCTL_HOME" not in error.message
