@@ -167,8 +167,12 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
     _registry: LocalRegistry | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RayClusterResource:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, check_request: bool = True) -> RayClusterResource:
         """Build the resource from RAY_BACKEND and the variables of ``CLUSTER_VARIABLES``.
+
+        With ``check_request`` false, only the settings that reach the backend are checked
+        (namespace, API URL), not the run's cluster request: for ``trainctl``, whose options
+        make the request.
 
         Raises:
             InvalidRequestError: naming the variable whose value is invalid.
@@ -204,9 +208,12 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         resource = cls(**settings)  # type: ignore[arg-type]
         try:
             # The machine's memory is checked when a run starts, on the machine that runs it.
-            resource.cluster_spec(check_machine=False)
-            if backend == "kuberay":
-                resource.cluster_request()
+            if not check_request:
+                resource.check_backend_settings()
+            else:
+                resource.cluster_spec(check_machine=False)
+                if backend == "kuberay":
+                    resource.cluster_request()
         except InvalidRequestError as err:
             raise naming_variables(err) from err
         return resource
@@ -263,10 +270,14 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             ttl_minutes=self._ttl_minutes(),
         )
         request.validate()
+        self.check_backend_settings()
+        return request
+
+    def check_backend_settings(self) -> None:
+        """Check the namespace and the Kubernetes API URL; raises ``InvalidRequestError``."""
         check_namespace(self.namespace, field="namespace")
         if self.kube_api_url is not None:
             check_api_url(self.kube_api_url, field="kube_api_url")
-        return request
 
     def _ttl_minutes(self) -> int:
         # A run's cluster lives as long as its run, and at most max_cluster_age_hours: past

@@ -32,13 +32,24 @@ def rename_fields(text: str, names: Mapping[str, str]) -> str:
 
     A field is a snake_case word such as ``gpu_type``, or any word in backticks. Messages put a
     one-word field such as `workers` in backticks, because "workers" is also a plain word.
+    A value in single quotes and a word inside a path or file name, such as
+    ``team/gpu_type.yaml``, stay as they are: they are what someone typed, not fields.
     """
 
     def rename(match: re.Match[str]) -> str:
-        field = match[1] or match[0]
+        if match[1] is not None:
+            return match[0]
+        field = match[2] or match[0]
         return names.get(field, match[0])
 
-    return re.sub(r"`(\w+)`|\b[a-z]+(?:_[a-z]+)+\b", rename, text)
+    return _FIELD_OR_VALUE.sub(rename, text)
+
+
+_FIELD_OR_VALUE = re.compile(
+    r"(?<!\w)('[^']*')(?!\w)"  # a quoted value, left alone
+    r"|`(\w+)`"
+    r"|(?<![\w/.\-])[a-z]+(?:_[a-z]+)+(?![\w/\-])(?!\.\w)"
+)
 
 
 class ClusterStartError(PlatformError):

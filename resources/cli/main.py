@@ -154,8 +154,9 @@ def command_error(err: Exception) -> CommandError | None:
             f"no Kubernetes API is configured ({err}). Set KUBE_API_URL, or KUBECONFIG and KUBE_CONTEXT.",
             EXIT_PLATFORM,
         )
-    # requests' errors are OSErrors too, but they come from a cluster's dashboard, not from the state folder.
-    if isinstance(err, requests.exceptions.RequestException):
+    # These are OSErrors too, but they come from a cluster's dashboard, not from the state folder. Ray's
+    # job client raises the built-in ConnectionError when the dashboard does not respond.
+    if isinstance(err, (requests.exceptions.RequestException, ConnectionError)):
         return CommandError(
             f"the Ray dashboard did not respond: {err}. Check with `trainctl status NAME` that the cluster is ready.",
             EXIT_PLATFORM,
@@ -221,7 +222,7 @@ def _settings(backend: str | None, namespace: str | None) -> RayClusterResource:
     if namespace:
         environ["KUBERAY_NAMESPACE"] = namespace
     try:
-        return RayClusterResource.from_env(environ)
+        return RayClusterResource.from_env(environ, check_request=False)
     except InvalidRequestError as err:
         if namespace and err.field == "KUBERAY_NAMESPACE":
             # The value came from --namespace, so the error names the option.

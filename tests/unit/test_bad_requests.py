@@ -502,7 +502,28 @@ def test_trainctl_ignores_pipeline_cluster_variables(trainctl_env: dict[str, str
 
     assert listed[0] == 0, listed[2]
     assert rendered[0] == 0, rendered[2]
-    assert "training-pipelines/team" not in rendered[1]
+
+
+def test_trainctl_ignores_pipeline_cluster_age(trainctl_env: dict[str, str], tmp_path: Path) -> None:
+    # A policy whose lifetime cap is below the pipelines' default cluster age of 24 hours.
+    policy_file = tmp_path / "short-lived.yaml"
+    policy_file.write_text("default_ttl_hours: 8\nmax_ttl_hours: 12\n")
+    env = {**trainctl_env, "KUBERAY_POLICY_FILE": str(policy_file)}
+
+    listed = trainctl(env, "list", "--backend", "kuberay")
+    rendered = trainctl(env, "render", "--ttl", "4h")
+
+    assert listed[0] == 0, listed[2]
+    assert rendered[0] == 0, rendered[2]
+    assert "training-pipelines/ttl-minutes: '240'" in rendered[1]
+
+
+def test_trainctl_error_keeps_typed_value(trainctl_env: dict[str, str]) -> None:
+    # The namespace is spelled like a field that has an option; the message must show it as typed.
+    code, _, stderr = trainctl(trainctl_env, "list", "--backend", "kuberay", "--namespace", "gpu_type")
+
+    assert code == EXIT_INVALID_REQUEST
+    assert "--namespace: 'gpu_type' is not a valid" in stderr
 
 
 def test_trainctl_local_unusable_state_folder(

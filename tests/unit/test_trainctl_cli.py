@@ -335,10 +335,19 @@ def test_down_by_name_reports_a_missing_cluster(env: dict[str, str], monkeypatch
     assert "No cluster named 'exp-gone' on this machine." in err
 
 
-def test_dashboard_error_is_not_blamed_on_state_folder() -> None:
-    error = command_error(requests.exceptions.ConnectionError("connection refused"))
+@pytest.mark.parametrize(
+    "raised",
+    [
+        requests.exceptions.ConnectionError("connection refused"),
+        # What Ray's job client raises when the dashboard does not respond.
+        ConnectionError("Failed to connect to Ray at address: http://127.0.0.1:9."),
+    ],
+    ids=["requests", "ray-job-client"],
+)
+def test_dashboard_error_is_not_blamed_on_state_folder(raised: Exception) -> None:
+    error = command_error(raised)
 
     assert error is not None
     assert error.exit_code == EXIT_PLATFORM
-    assert "the Ray dashboard did not respond: connection refused" in error.message
+    assert f"the Ray dashboard did not respond: {raised}" in error.message
     assert "TRAINCTL_HOME" not in error.message
