@@ -102,35 +102,49 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
     except Exception as err:  # noqa: BLE001 - every failure is reported to `trainctl up` before the cluster stops
         return _report_failure(name, err)
     finally:
-        ending = None
         if reason is not None and info is not None:
-            ending = threading.Thread(
-                target=_end_jobs_everywhere, args=(registry, name, info.dashboard_url, reason), daemon=True
-            )
-            ending.start()
-            ended = _wait_for(ending, JOB_ENDING_WAIT_S)
-            if not ended and _stop_requested.is_set():
-                logger.info("Stopping %s on request; trainctl down records the end of its jobs", name)
-            elif not ended:
-                logger.warning(
-                    "Stopping %s before its jobs' end is recorded: the Jobs API or a job history did not respond "
-                    "within %g s",
-                    name,
-                    JOB_ENDING_WAIT_S,
-                )
-        cluster.stop()
-        if reason is not None and ending is not None and ending.is_alive() and not _stop_requested.is_set():
-            # The cluster is gone, so the thread has only the history writes left (marking the jobs LOST).
-            # The record stays until then, so that a new cluster cannot take the name while they run.
-            if not _wait_for(ending, JOB_ENDING_WAIT_S):
-                logger.warning("Stopped waiting for the job histories of %s after %g s more", name, JOB_ENDING_WAIT_S)
-                reason += ". Its unfinished jobs may still show RUNNING, because a job history did not respond in time"
-        if reason is not None:
-            try:
-                registry.write_ending(name, reason, dt.datetime.now(dt.UTC))
-            except OSError as err:
-                logger.warning("Failed to write the reason %s stopped: %s", name, err)
+            _stop_after_ending_jobs(cluster, registry, info.dashboard_url, reason)
+        else:
+            cluster.stop()
         registry.remove(name)
+
+
+def _stop_after_ending_jobs(cluster: LocalRayCluster, registry: LocalRegistry, dashboard_url: str, reason: str) -> None:
+    """Stop a cluster that the keeper stops on its own, with its jobs' end recorded if the histories allow.
+
+    The note of the reason comes first, so that ``trainctl status`` shows the cluster as
+    stopping, and stays if the keeper is killed on the way.
+    """
+    name = cluster.name
+    stopped_at = dt.datetime.now(dt.UTC)
+    _write_ending(registry, name, reason, stopped_at)
+    ending = threading.Thread(target=_end_jobs_everywhere, args=(registry, name, dashboard_url, reason), daemon=True)
+    ending.start()
+    if not _wait_for(ending, JOB_ENDING_WAIT_S):
+        if _stop_requested.is_set():
+            logger.info("Stopping %s on request before the end of its jobs is recorded", name)
+        else:
+            logger.warning(
+                "Stopping %s before the end of its jobs is recorded: the Jobs API or a job history did not respond "
+                "within %g s",
+                name,
+                JOB_ENDING_WAIT_S,
+            )
+    cluster.stop()
+    # The cluster is gone, so the thread has only the history writes left (marking the jobs LOST).
+    # The record stays until then, so that a new cluster cannot take the name while they run.
+    if _wait_for(ending, JOB_ENDING_WAIT_S) or _stop_requested.is_set():
+        return
+    logger.warning("Stopped waiting for the job histories of %s after %g s more", name, JOB_ENDING_WAIT_S)
+    given_up = ". Its unfinished jobs may still show RUNNING, because a job history did not respond in time"
+    _write_ending(registry, name, reason + given_up, stopped_at)
+
+
+def _write_ending(registry: LocalRegistry, name: str, reason: str, at: dt.datetime) -> None:
+    try:
+        registry.write_ending(name, reason, at)
+    except OSError as err:
+        logger.warning("Failed to write the reason %s stopped: %s", name, err)
 
 
 def _wait_for(thread: threading.Thread, timeout_s: float) -> bool:

@@ -292,15 +292,19 @@ class KubeRayClusters:
         return []
 
 
-def _local_summary(record: LocalClusterRecord, *, ready_workers: int | None) -> ClusterSummary:
+def _local_summary(record: LocalClusterRecord, *, ready_workers: int | None, stopping: bool) -> ClusterSummary:
     node_count = 1 + record.workers
+    if stopping:
+        state = "stopping"
+    else:
+        state = "ready" if ready_workers is not None else "unreachable"
     return ClusterSummary(
         name=record.name,
         namespace="",
         origin=record.origin,
         created=record.created,
         ttl=record.ttl,
-        state="ready" if ready_workers is not None else "unreachable",
+        state=state,
         workers_ready=ready_workers or 0,
         workers_desired=record.workers,
         cpus=Decimal(record.head_cpus + record.workers * record.cpus_per_worker),
@@ -437,7 +441,7 @@ class LocalClusters:
                 ready: int | None = alive_worker_count(record.dashboard_url, timeout_s=LIST_DASHBOARD_TIMEOUT_S)
             except DashboardError:
                 ready = None
-            summaries.append(_local_summary(record, ready_workers=ready))
+            summaries.append(_local_summary(record, ready_workers=ready, stopping=self._stopping(record.name)))
         return summaries
 
     def _record(self, name: str) -> LocalClusterRecord:
@@ -457,7 +461,12 @@ class LocalClusters:
             ready: int | None = alive_worker_count(record.dashboard_url, timeout_s=LIST_DASHBOARD_TIMEOUT_S)
         except DashboardError:
             ready = None
-        return _local_summary(record, ready_workers=ready)
+        return _local_summary(record, ready_workers=ready, stopping=self._stopping(name))
+
+    def _stopping(self, name: str) -> bool:
+        # The keeper notes why it stops a cluster on its own before it starts stopping it, and a
+        # new cluster of the name removes the note of the last one. So a live cluster with a note is stopping.
+        return self.registry.ending(name) is not None
 
     @contextlib.contextmanager
     def dashboard(self, name: str) -> Iterator[str]:

@@ -625,6 +625,12 @@ def submit(
         )
     clusters = _clusters(backend, namespace)
     summary = clusters.find(name)
+    if summary.state == "stopping":
+        raise CommandError(
+            f"{name} is stopping, so it takes no new job. `trainctl status {name}` says why; "
+            "start another cluster with `trainctl up`.",
+            EXIT_NOT_FOUND,
+        )
     submission_id = job_id or f"{name}-{uuid.uuid4().hex[:8]}"
     history = open_history(history_url, warn=_warn)
     if history is not None and history.get(submission_id) is not None:

@@ -35,12 +35,14 @@ class LosingCluster:
 class Registry:
     def __init__(self, events: list[str]) -> None:
         self.events = events
+        self.ending_times: list[dt.datetime] = []
 
     def write(self, record: object) -> None:
         pass
 
     def write_ending(self, name: str, reason: str, at: dt.datetime) -> None:
         self.events.append(f"ending written: {reason}")
+        self.ending_times.append(at)
 
     def remove(self, name: str) -> None:
         self.events.append("record removed")
@@ -81,12 +83,12 @@ def test_hung_history_does_not_delay_stop(monkeypatch: pytest.MonkeyPatch, caplo
     assert code == 1
     assert took_s < 5
     assert events == [
+        "ending written: Ray head exited",
         "cluster stopped",
         "jobs ended: Ray head exited",
-        "ending written: Ray head exited",
         "record removed",
     ]
-    assert "Stopping exp-lost before its jobs' end is recorded" in caplog.text
+    assert "Stopping exp-lost before the end of its jobs is recorded" in caplog.text
     assert "Stopped waiting" not in caplog.text
 
 
@@ -102,6 +104,7 @@ def test_unresponsive_history_is_abandoned(monkeypatch: pytest.MonkeyPatch, capl
     assert code == 1
     assert took_s < 5
     assert events == [
+        "ending written: Ray head exited",
         "cluster stopped",
         "ending written: Ray head exited. Its unfinished jobs may still show RUNNING, because a job history did not "
         "respond in time",
@@ -118,7 +121,7 @@ def test_jobs_end_before_stop(monkeypatch: pytest.MonkeyPatch) -> None:
     code, _ = hold(events, threading.Event())
 
     assert code == 1
-    assert events == ["jobs ended", "cluster stopped", "ending written: Ray head exited", "record removed"]
+    assert events == ["ending written: Ray head exited", "jobs ended", "cluster stopped", "record removed"]
 
 
 @pytest.mark.usefixtures("keeper")
@@ -139,8 +142,8 @@ def test_stop_request_cuts_wait_short(monkeypatch: pytest.MonkeyPatch, caplog: p
 
     assert code == 1
     assert took_s < 5
-    assert events == ["cluster stopped", "ending written: Ray head exited", "record removed"]
-    assert "Stopping exp-lost on request; trainctl down records the end of its jobs" in caplog.text
+    assert events == ["ending written: Ray head exited", "cluster stopped", "record removed"]
+    assert "Stopping exp-lost on request before the end of its jobs is recorded" in caplog.text
 
 
 @pytest.mark.usefixtures("keeper")
@@ -166,6 +169,30 @@ def test_stalled_postgresql_history_is_abandoned(
 
     assert code == 1
     assert took_s < 5
-    assert events[0] == "cluster stopped"
-    assert events[1].startswith("ending written: Ray head exited. Its unfinished jobs may still show RUNNING")
-    assert "Stopping exp-lost before its jobs' end is recorded" in caplog.text
+    assert events[:2] == ["ending written: Ray head exited", "cluster stopped"]
+    assert events[2].startswith("ending written: Ray head exited. Its unfinished jobs may still show RUNNING")
+    assert registry.ending_times[0] == registry.ending_times[1]
+    assert "Stopping exp-lost before the end of its jobs is recorded" in caplog.text
+
+
+@pytest.mark.usefixtures("keeper")
+def test_stop_request_after_stop_keeps_note(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # A `trainctl down` while the keeper waits for the histories after the cluster stopped: down records the jobs.
+    events: list[str] = []
+    head_gone = threading.Event()
+    never = threading.Event()
+
+    def end_jobs(*args: object) -> None:
+        head_gone.wait(30)
+        local_keeper._on_signal(15, None)
+        never.wait(30)
+
+    monkeypatch.setattr(local_keeper, "_end_jobs_everywhere", end_jobs)
+    with caplog.at_level(logging.INFO, logger="resources.local_keeper"):
+        code, took_s = hold(events, head_gone)
+    never.set()
+
+    assert code == 1
+    assert took_s < 5
+    assert events == ["ending written: Ray head exited", "cluster stopped", "record removed"]
+    assert "Stopped waiting" not in caplog.text

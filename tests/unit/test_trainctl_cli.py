@@ -20,8 +20,9 @@ from resources.dashboard import DashboardError
 from resources.history import HistoryError, JobHistory, JobRecord
 from resources.kuberay.inventory import ClusterSummary
 from resources.kuberay.schema import validate_manifest
-from resources.local_registry import LocalRegistry
-from resources.spec import format_duration, format_size, parse_duration_minutes
+from resources.local import LocalRayCluster
+from resources.local_registry import LocalRegistry, record_of
+from resources.spec import ClusterSpec, format_duration, format_size, parse_duration_minutes
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
 
@@ -351,3 +352,22 @@ def test_dashboard_error_is_not_blamed_on_state_folder(raised: Exception) -> Non
     assert error.exit_code == EXIT_PLATFORM
     assert f"the Ray dashboard did not respond: {raised}" in error.message
     assert "TRAINCTL_HOME" not in error.message
+
+
+def test_stopping_cluster_takes_no_job(env: dict[str, str]) -> None:
+    # A live record with a stop note: the keeper has begun to stop the cluster on its own.
+    registry = LocalRegistry(Path(env["TRAINCTL_HOME"]) / "clusters")
+    cluster = LocalRayCluster(
+        name="exp-stopping", spec=ClusterSpec(workers=1, cpus_per_worker=1, memory_per_worker=2**30)
+    )
+    registry.write(record_of(cluster, dashboard_url="http://127.0.0.1:9", owner="alice", ttl=dt.timedelta(hours=1)))
+    registry.write_ending("exp-stopping", "Ray worker-0 exited", NOW)
+
+    submit_code, _, submit_err = invoke(env, "submit", "exp-stopping", "--", "python", "-c", "pass")
+    list_code, listed, _ = invoke(env, "list")
+
+    assert submit_code == 4
+    assert "exp-stopping is stopping, so it takes no new job." in submit_err
+    assert list_code == 0
+    assert listed.splitlines()[1].split()[0] == "exp-stopping"
+    assert listed.splitlines()[1].split()[-1] == "stopping"
