@@ -101,6 +101,9 @@ def option_for(field: str) -> str:
     """Name the command-line option behind a request field or a manifest path of an ``InvalidRequestError``."""
     if field in _OPTION_OF_FIELD:
         return _OPTION_OF_FIELD[field]
+    if not field.startswith("spec."):
+        # Not a manifest path: a policy file's key ("<file>: head_memory") or a variable, named as it is.
+        return field
     rules = (
         (".image", "--image"),
         ("gpu-type", "--gpu-type"),
@@ -124,14 +127,23 @@ class CommandError(click.ClickException):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command_error(err: Exception) -> CommandError | None:
-    """Return the message and documented exit code for one of the platform's errors; ``None`` for any other."""
+# The commands that create something, whose invalid requests say that nothing was.
+_CREATING_COMMANDS = frozenset({"up", "render", "submit"})
+
+
+def command_error(err: Exception, *, creates: bool = False) -> CommandError | None:
+    """Return the message and documented exit code for one of the platform's errors; ``None`` for any other.
+
+    ``creates`` tells whether the command creates a cluster or a job, so that an invalid request says
+    nothing was created.
+    """
     if isinstance(err, CommandError):
         return err
     if isinstance(err, InvalidRequestError):
         problem = rename_fields(err.problem, _OPTION_OF_FIELD)
         fix = rename_fields(err.fix, _OPTION_OF_FIELD)
-        return CommandError(f"{option_for(err.field)}: {problem}. {fix} Nothing was created.", EXIT_INVALID_REQUEST)
+        created = " Nothing was created." if creates else ""
+        return CommandError(f"{option_for(err.field)}: {problem}. {fix}{created}", EXIT_INVALID_REQUEST)
     if isinstance(err, ClusterNotFoundError):
         return CommandError(str(err), EXIT_NOT_FOUND)
     if isinstance(err, (ClusterStartError, ClusterConflictError)):
@@ -183,7 +195,7 @@ def handle_errors(command: F) -> F:
             click.echo("Interrupted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except Exception as err:
-            converted = command_error(err)
+            converted = command_error(err, creates=command.__name__ in _CREATING_COMMANDS)
             if converted is None or converted is err:
                 raise
             raise converted from err

@@ -524,6 +524,7 @@ def test_trainctl_error_keeps_typed_value(trainctl_env: dict[str, str]) -> None:
 
     assert code == EXIT_INVALID_REQUEST
     assert "--namespace: 'gpu_type' is not a valid" in stderr
+    assert "Nothing was created" not in stderr
 
 
 def test_trainctl_local_unusable_state_folder(

@@ -185,6 +185,7 @@ def test_history_lists_and_shows_jobs(env: dict[str, str]) -> None:
         ("spec.workerGroupSpecs[0].template.metadata.annotations.training-pipelines/gpu-type", "--gpu-type"),
         ("ttl", "--ttl"),
         ("something_else", "something_else"),
+        ("/etc/training/policy.yaml: head_memory", "/etc/training/policy.yaml: head_memory"),
     ],
 )
 def test_option_for_names_the_flag(field: str, option: str) -> None:
