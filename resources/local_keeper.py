@@ -110,10 +110,10 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
 
 
 def _stop_after_ending_jobs(cluster: LocalRayCluster, registry: LocalRegistry, dashboard_url: str, reason: str) -> None:
-    """Stop a cluster that the keeper stops on its own, with its jobs' end recorded if the histories allow.
+    """Stop a cluster for ``reason``, recording its jobs' end if the Jobs API and the histories respond in time.
 
-    The note of the reason comes first, so that ``trainctl status`` shows the cluster as
-    stopping, and stays if the keeper is killed on the way.
+    The stop note is written first, so that ``trainctl status`` shows the cluster as stopping
+    and the note survives a keeper killed during the stop.
     """
     name = cluster.name
     stopped_at = dt.datetime.now(dt.UTC)

@@ -127,15 +127,14 @@ class CommandError(click.ClickException):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-# The commands that create something, whose invalid requests say that nothing was.
+# Commands that create a cluster or a job. Their invalid requests end with "Nothing was created."
 _CREATING_COMMANDS = frozenset({"up", "render", "submit"})
 
 
 def command_error(err: Exception, *, creates: bool = False) -> CommandError | None:
     """Return the message and documented exit code for one of the platform's errors; ``None`` for any other.
 
-    ``creates`` tells whether the command creates a cluster or a job, so that an invalid request says
-    nothing was created.
+    With ``creates``, the message of an invalid request ends with "Nothing was created."
     """
     if isinstance(err, CommandError):
         return err
@@ -639,8 +638,8 @@ def submit(
     summary = clusters.find(name)
     if summary.state == "stopping":
         raise CommandError(
-            f"{name} is stopping, so it takes no new job. `trainctl status {name}` says why; "
-            "start another cluster with `trainctl up`.",
+            f"{name} is stopping and accepts no new jobs. Run `trainctl status {name}` for the reason, "
+            "or start another cluster with `trainctl up`.",
             EXIT_NOT_FOUND,
         )
     submission_id = job_id or f"{name}-{uuid.uuid4().hex[:8]}"

@@ -368,7 +368,7 @@ def test_stopping_cluster_takes_no_job(env: dict[str, str]) -> None:
     list_code, listed, _ = invoke(env, "list")
 
     assert submit_code == 4
-    assert "exp-stopping is stopping, so it takes no new job." in submit_err
+    assert "exp-stopping is stopping and accepts no new jobs." in submit_err
     assert list_code == 0
     assert listed.splitlines()[1].split()[0] == "exp-stopping"
     assert listed.splitlines()[1].split()[-1] == "stopping"
