@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def webserver(tmp_path: Path, storage_root: Path) -> Iterator[tuple[DagsterGraphQLClient, Path]]:
-    """`dagster dev` on 127.0.0.1 with its own instance folder; yields a GraphQL client and DAGSTER_HOME."""
+    """`dg dev` on 127.0.0.1 with its own instance folder; yields a GraphQL client and DAGSTER_HOME."""
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -46,7 +46,7 @@ def webserver(tmp_path: Path, storage_root: Path) -> Iterator[tuple[DagsterGraph
     }
     process = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "dagster"),
+            str(Path(sys.executable).parent / "dg"),
             "dev",
             "-w",
             "workspace.yaml",
@@ -69,7 +69,7 @@ def webserver(tmp_path: Path, storage_root: Path) -> Iterator[tuple[DagsterGraph
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"dagster dev did not answer on port {port} (exit code {process.poll()})")
+                    pytest.fail(f"dg dev did not answer on port {port} (exit code {process.poll()})")
                 time.sleep(0.5)
         yield DagsterGraphQLClient("127.0.0.1", port_number=port), dagster_home
     finally:
