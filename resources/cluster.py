@@ -27,10 +27,13 @@ from resources.kuberay.naming import check_api_url, check_label_value, check_nam
 from resources.kuberay.policy import Policy, load_policy
 from resources.local import DEFAULT_NODE_IP, START_TIMEOUT_S, LocalClusterInfo, LocalRayCluster, visible_gpus
 from resources.local_registry import LocalRegistry, record_of
-from resources.recorder import HistoryRecorder, mark_lost_in, open_history, other_histories
+from resources.recorder import HistoryRecorder, mark_lost_within, open_history, other_histories
 from resources.spec import ClusterSpec, parse_memory
 
 logger = logging.getLogger(__name__)
+
+# How long a run's teardown waits for the histories that `trainctl submit` noted for its local cluster.
+NOTED_HISTORIES_WAIT_S = 30.0
 
 BACKENDS = ("local", "kuberay")
 CLUSTER_VARIABLES = {
@@ -482,9 +485,17 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
                 # Jobs that `trainctl submit` sent to this run's cluster, recorded in other histories.
                 try:
                     noted = other_histories(self.history_url, self._registry.histories(name))
-                    mark_lost_in(noted, name, message="its cluster was removed before the job ended")
                 except Exception:  # noqa: BLE001 - the rest of the teardown still runs
-                    logger.exception("Failed to update the job histories noted for %s", name)
+                    logger.exception("Failed to read the job histories noted for %s", name)
+                    noted = []
+                message = "its cluster was removed before the job ended"
+                if not mark_lost_within(noted, name, message=message, timeout_s=NOTED_HISTORIES_WAIT_S):
+                    logger.warning(
+                        "Stopped waiting for the job histories noted for %s after %g s: jobs that `trainctl submit` "
+                        "sent to it may still show RUNNING there",
+                        name,
+                        NOTED_HISTORIES_WAIT_S,
+                    )
                 self._registry.remove(name)
             if self._history is not None:
                 # A job still marked running when its cluster goes never reports its end.

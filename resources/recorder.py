@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Iterable
 
 from resources.dashboard import DASHBOARD_TIMEOUT_S, job_logs, job_state
@@ -115,6 +116,26 @@ def mark_lost_in(urls: Iterable[str], cluster: str, *, message: str) -> None:
             logger.warning("The job history was not updated: %s", err)
         finally:
             history.close()
+
+
+def mark_lost_within(urls: Iterable[str], cluster: str, *, message: str, timeout_s: float) -> bool:
+    """Run :func:`mark_lost_in` for at most ``timeout_s``; return whether it finished.
+
+    Each history has only its own timeouts (10 s to connect to PostgreSQL, 30 s for a busy
+    SQLite file), so several slow ones could hold the caller for minutes. The work goes on in a
+    daemon thread, which ends with the process if the caller stops waiting.
+    """
+
+    def mark() -> None:
+        try:
+            mark_lost_in(urls, cluster, message=message)
+        except Exception:  # noqa: BLE001 - a thread's error would otherwise reach only stderr
+            logger.exception("Failed to update the job histories of %s", cluster)
+
+    thread = threading.Thread(target=mark, name=f"mark-lost-{cluster}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return not thread.is_alive()
 
 
 def unfinished_jobs(history: JobHistory, cluster: str) -> list[JobRecord]:

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +14,7 @@ import dagster as dg
 import psutil
 import pytest
 
+from resources import cluster as cluster_module
 from resources.cluster import RayClusterResource
 from resources.history import JobHistory, JobRecord
 from resources.kuberay.inventory import summarize
@@ -287,3 +289,23 @@ def test_run_cluster_stop_marks_noted_jobs_lost(tmp_path: Path, monkeypatch: pyt
     assert record.status == "LOST"
     assert record.message == "its cluster was removed before the job ended"
     assert not registry.histories_path("run-1").exists()
+
+
+def test_run_cluster_stop_bounds_wait_for_stalled_noted_history(
+    tmp_path: Path, silent_server: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TRAINING_HISTORY_URL", f"sqlite:///{tmp_path / 'default.db'}")
+    monkeypatch.setattr(cluster_module, "NOTED_HISTORIES_WAIT_S", 0.5)
+    registry = LocalRegistry(tmp_path / "clusters")
+    # The URL's own connect timeout outlasts the test: only the teardown's bound ends the wait.
+    registry.add_history("run-2", f"postgresql+psycopg://user@127.0.0.1:{silent_server}/db?connect_timeout=60")
+    resource = RayClusterResource()
+    resource._cluster = SimpleNamespace(name="run-2", stop=lambda: None)  # type: ignore[assignment]
+    resource._registry = registry
+
+    started = time.monotonic()
+    resource.stop()
+
+    assert time.monotonic() - started < 5
+    assert "Stopped waiting for the job histories noted for run-2 after 0.5 s" in caplog.text
+    assert not registry.histories_path("run-2").exists()
