@@ -14,6 +14,7 @@ import getpass
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -143,9 +144,9 @@ class Clusters(Protocol):
 
     def delete(self, name: str) -> None: ...
 
-    def note_history(self, name: str, url: str) -> None: ...
+    def note_history(self, cluster: ClusterSummary, url: str) -> None: ...
 
-    def noted_histories(self, name: str) -> list[str]: ...
+    def noted_histories(self, cluster: ClusterSummary) -> list[str]: ...
 
 
 class KubeRayClusters:
@@ -280,16 +281,46 @@ class KubeRayClusters:
         return {"conditions": conditions, "events": events}
 
     def delete(self, name: str) -> None:
-        """Delete the RayCluster; raises ``ClusterNotFoundError`` when it does not exist."""
+        """Delete the RayCluster and the notes on it here; raises ``ClusterNotFoundError`` when it does not exist."""
         self._get(name)
         self._lifecycle().delete(name)
+        for folder in self._notes.root.glob(f"{name}.*.histories"):
+            shutil.rmtree(folder, ignore_errors=True)
 
-    def note_history(self, name: str, url: str) -> None:
-        """Do nothing: a RayCluster has no keeper that stops it, so only ``trainctl down`` records its jobs' end."""
+    @property
+    def _notes(self) -> LocalRegistry:
+        # Only `trainctl down` on this machine reads the notes: they are kept here, not on the
+        # RayCluster, because a history URL may hold a password.
+        return LocalRegistry(state_dir() / "kuberay" / self.namespace)
 
-    def noted_histories(self, name: str) -> list[str]:
-        """Return no URLs, as :meth:`note_history` keeps none."""
-        return []
+    @staticmethod
+    def _note_key(cluster: ClusterSummary) -> str:
+        # The uid keeps the notes of a deleted cluster from applying to a new one of the same name.
+        return f"{cluster.name}.{cluster.uid or 'unknown'}"
+
+    def note_history(self, cluster: ClusterSummary, url: str) -> None:
+        """Note on this machine that the cluster's jobs are recorded at ``url``, for ``trainctl down``.
+
+        The notes of clusters that no longer exist, removed by their lifetime or by another
+        machine's ``down``, go at the same time.
+
+        Raises:
+            OSError: the note could not be written.
+        """
+        notes = self._notes
+        notes.add_history(self._note_key(cluster), url)
+        try:
+            live = {self._note_key(summary) for summary in self.list()}
+        except Exception as err:  # noqa: BLE001 - old notes cost only disk space, so they wait for the next submit
+            logger.debug("The notes of deleted clusters were not removed: the cluster list failed: %s", err)
+            return
+        for folder in notes.root.glob("*.histories"):
+            if folder.name.removesuffix(".histories") not in live:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def noted_histories(self, cluster: ClusterSummary) -> list[str]:
+        """Return the job history URLs that ``trainctl submit`` on this machine noted for the cluster."""
+        return self._notes.histories(self._note_key(cluster))
 
 
 def _local_summary(record: LocalClusterRecord, *, ready_workers: int | None, stopping: bool) -> ClusterSummary:
@@ -473,17 +504,17 @@ class LocalClusters:
         """Yield the URL of the cluster's dashboard."""
         yield self._record(name).dashboard_url
 
-    def note_history(self, name: str, url: str) -> None:
+    def note_history(self, cluster: ClusterSummary, url: str) -> None:
         """Note that the cluster's jobs are recorded at ``url``, for its keeper and ``trainctl down``.
 
         Raises:
             OSError: the note could not be written.
         """
-        self.registry.add_history(name, url)
+        self.registry.add_history(cluster.name, url)
 
-    def noted_histories(self, name: str) -> list[str]:
+    def noted_histories(self, cluster: ClusterSummary) -> list[str]:
         """Return the job history URLs noted for the cluster."""
-        return self.registry.histories(name)
+        return self.registry.histories(cluster.name)
 
     def details(self, name: str) -> dict[str, Any]:
         """Describe the holder process, with the keeper's log lines as the local counterpart of events."""

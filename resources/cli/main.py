@@ -650,11 +650,12 @@ def submit(
             "--job-id", f"job {submission_id!r} is already in the history", "Choose another --job-id, or leave it out."
         )
     if history is not None:
-        # On a local cluster, its keeper or `trainctl down` then records the end of its unfinished jobs here too.
+        # `trainctl down`, and a local cluster's keeper, then record the end of its unfinished jobs here too.
         try:
-            clusters.note_history(name, portable_history_url(history_url or default_history_url()))
+            clusters.note_history(summary, portable_history_url(history_url or default_history_url()))
         except OSError as err:
-            _warn(f"the cluster's keeper will not update this job's history if it stops the cluster: {err}")
+            stopper = "the cluster's keeper" if clusters.backend == "local" else "`trainctl down`"
+            _warn(f"{stopper} will not update this job's history if it stops the cluster: {err}")
 
     from ray.job_submission import JobSubmissionClient
 
@@ -830,7 +831,7 @@ def down(
     try:
         for target in targets:
             try:
-                lost = _delete(clusters, target.name, history, history_url)
+                lost = _delete(clusters, target, history, history_url)
             except Exception as err:
                 failure = command_error(err)
                 if name is not None or failure is None:
@@ -856,13 +857,14 @@ def down(
         )
 
 
-def _delete(clusters: Clusters, name: str, history: JobHistory | None, history_url: str | None) -> int:
-    """Delete cluster ``name`` and record its jobs' end in ``history`` and in each history noted for it.
+def _delete(clusters: Clusters, cluster: ClusterSummary, history: JobHistory | None, history_url: str | None) -> int:
+    """Delete ``cluster`` and record its jobs' end in ``history`` and in each history noted for it.
 
     A failing history only gets a warning, so it never blocks the delete. Returns how many
     unfinished jobs were marked LOST.
     """
-    opened = [open_history(url, warn=_warn) for url in other_histories(history_url, clusters.noted_histories(name))]
+    name = cluster.name
+    opened = [open_history(url, warn=_warn) for url in other_histories(history_url, clusters.noted_histories(cluster))]
     others = [item for item in opened if item is not None]
     histories = ([] if history is None else [(history, "the job history")]) + [
         (other, "a history that submit used") for other in others

@@ -56,6 +56,8 @@ class ClusterSummary:
     code_location: str = ""
     backend: str = "kuberay"
     dashboard_url: str = ""
+    # The object's uid on the API server, which a new cluster of the same name does not share.
+    uid: str = ""
 
     @property
     def expires_at(self) -> dt.datetime | None:
@@ -178,4 +180,5 @@ def summarize(cluster: Mapping[str, Any], *, now: dt.datetime | None = None) -> 
         partition=annotations.get(PARTITION_KEY) or labels.get(PARTITION_KEY, ""),
         asset=annotations.get(ASSET_KEY) or labels.get(ASSET_KEY, ""),
         code_location=labels.get(CODE_LOCATION_KEY, ""),
+        uid=str(metadata.get("uid", "")),
     )

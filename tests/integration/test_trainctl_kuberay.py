@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from resources.history import JobHistory, JobRecord
 from resources.kuberay.schema import validate_manifest
 from tests.integration.kuberay_fixtures import NAMESPACE, KubeEnvironment, kube
 from tests.integration.trainctl_helpers import run_trainctl, trainctl_env
@@ -85,7 +86,7 @@ def test_policy_violations_create_nothing(
 
 
 def test_up_status_submit_down_history(
-    env: dict[str, str], kube: KubeEnvironment, no_leaked_ray_processes: None
+    env: dict[str, str], kube: KubeEnvironment, tmp_path: Path, no_leaked_ray_processes: None
 ) -> None:
     up = run_trainctl(env, "up", *SMALL, "--name", "exp-kube", "--team", "ranking", "--ttl", "3h")
     assert up.returncode == 0, up.stderr
@@ -125,9 +126,29 @@ def test_up_status_submit_down_history(
         )
         assert submitted.returncode == 0, submitted.stderr
         assert "trained on kuberay" in submitted.stdout
+
+        # A job in another history, whose `submit` was killed before it saw the end.
+        team_url = f"sqlite:///{tmp_path / 'team.db'}"
+        noted = run_trainctl(env, "submit", "exp-kube", "--history-url", team_url, "--", "python", "-c", "pass")
+        assert noted.returncode == 0, noted.stderr
+        with JobHistory(team_url) as team:
+            team.record_submitted(
+                JobRecord(
+                    job_id="killed-submit", cluster="exp-kube", backend="kuberay", entrypoint="python x.py",
+                    submitter="alice", origin="manual", submitted_at=dt.datetime.now(dt.UTC), status="RUNNING",
+                )
+            )  # fmt: skip
+        notes = tmp_path / "state" / "kuberay" / NAMESPACE
+        assert [folder.name.split(".")[0] for folder in notes.glob("*.histories")] == ["exp-kube"]
     finally:
         down = run_trainctl(env, "down", "exp-kube")
     assert down.returncode == 0, down.stderr
+    assert "1 unfinished job(s) marked LOST" in down.stdout
+    with JobHistory(team_url) as team:
+        killed = team.get("killed-submit")
+    assert killed is not None
+    assert killed.status == "LOST"
+    assert list(notes.glob("*.histories")) == []
     assert f"DELETE /apis/ray.io/v1/namespaces/{NAMESPACE}/rayclusters/exp-kube" in writes(kube)
     assert not exists(kube, "exp-kube")
     assert run_trainctl(env, "status", "exp-kube").returncode == 4

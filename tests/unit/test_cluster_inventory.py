@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from resources import cluster as cluster_module
+from resources.cli.backends import KubeRayClusters
 from resources.cluster import RayClusterResource
 from resources.history import JobHistory, JobRecord
 from resources.kuberay.inventory import summarize
@@ -309,3 +310,30 @@ def test_run_cluster_stop_bounds_wait_for_stalled_noted_history(
     assert time.monotonic() - started < 5
     assert "Stopped waiting for the job histories noted for run-2 after 0.5 s" in caplog.text
     assert not registry.histories_path("run-2").exists()
+
+
+def test_kuberay_history_notes_follow_the_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINCTL_HOME", str(tmp_path))
+    notes = tmp_path / "kuberay" / "ml-training"
+    with KubeStandin() as standin:
+        standin.store.put(cluster("exp-a"))
+        clusters = KubeRayClusters(
+            RayClusterResource(backend="kuberay", kube_api_url=standin.url, namespace="ml-training")
+        )
+        first = clusters.find("exp-a")
+        assert first.uid
+        clusters.note_history(first, "sqlite:////tmp/team.db")
+        # A cluster of the same name made again is another object, which the notes do not follow.
+        standin.store.delete(RAYCLUSTERS, "ml-training", "exp-a")
+        standin.store.put(cluster("exp-a"))
+        second = clusters.find("exp-a")
+        assert clusters.noted_histories(first) == ["sqlite:////tmp/team.db"]
+        assert clusters.noted_histories(second) == []
+
+        # Noting a history for the new cluster drops the notes on the old one.
+        clusters.note_history(second, "sqlite:////tmp/mine.db")
+        assert clusters.noted_histories(first) == []
+        assert [path.name for path in notes.iterdir()] == [f"exp-a.{second.uid}.histories"]
+
+        clusters.delete("exp-a")
+    assert list(notes.iterdir()) == []

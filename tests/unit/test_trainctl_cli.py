@@ -202,6 +202,13 @@ def test_durations_and_sizes() -> None:
     assert format_size(512) == "512"
 
 
+def summary(name: str) -> ClusterSummary:
+    return ClusterSummary(
+        name=name, namespace="", origin="manual", created=NOW, ttl=None, state="ready", workers_ready=1,
+        workers_desired=1, cpus=Decimal(2), gpus=0, memory=2**30, backend="local",
+    )  # fmt: skip
+
+
 class NotedClusters:
     """A stand-in for the local backend with one cluster whose dashboard is unreachable."""
 
@@ -211,7 +218,7 @@ class NotedClusters:
         self.noted = noted
         self.deleted: list[str] = []
 
-    def noted_histories(self, name: str) -> list[str]:
+    def noted_histories(self, cluster: ClusterSummary) -> list[str]:
         return self.noted
 
     @contextlib.contextmanager
@@ -252,7 +259,7 @@ def test_down_survives_broken_noted_history(
             )
         )  # fmt: skip
 
-        lost = main_module._delete(clusters, "exp-a", history, None)  # type: ignore[arg-type]
+        lost = main_module._delete(clusters, summary("exp-a"), history, None)  # type: ignore[arg-type]
 
         record = history.get("job-1")
     assert clusters.deleted == ["exp-a"]
@@ -270,7 +277,7 @@ def test_down_survives_broken_own_history(
     monkeypatch.setenv("TRAINING_HISTORY_URL", env["TRAINING_HISTORY_URL"])
     clusters = NotedClusters([])
 
-    lost = main_module._delete(clusters, "exp-a", BrokenHistory(), None)  # type: ignore[arg-type]
+    lost = main_module._delete(clusters, summary("exp-a"), BrokenHistory(), None)  # type: ignore[arg-type]
 
     assert clusters.deleted == ["exp-a"]
     assert lost == 0
