@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from resources.dashboard import DASHBOARD_TIMEOUT_S, job_logs, job_state
@@ -104,9 +105,18 @@ def other_histories(first: str | None, noted: Iterable[str]) -> list[str]:
     return others
 
 
-def mark_lost_in(urls: Iterable[str], cluster: str, *, message: str) -> None:
-    """Mark the unfinished jobs of ``cluster`` LOST in each history at ``urls``; one that fails costs a warning."""
-    for url in urls:
+def mark_lost_in(urls: Iterable[str], cluster: str, *, message: str, deadline: float | None = None) -> None:
+    """Mark the unfinished jobs of ``cluster`` LOST in each history at ``urls``; one that fails costs a warning.
+
+    ``deadline``, a value of ``time.monotonic()``, skips the histories not yet opened when it passes.
+    """
+    urls = list(urls)
+    for done, url in enumerate(urls):
+        if deadline is not None and time.monotonic() > deadline:
+            logger.warning(
+                "The time to update the job histories of %s ran out; %d of them were skipped", cluster, len(urls) - done
+            )
+            return
         history = open_history(url)
         if history is None:
             continue
@@ -122,13 +132,15 @@ def mark_lost_within(urls: Iterable[str], cluster: str, *, message: str, timeout
     """Run :func:`mark_lost_in` for at most ``timeout_s``; return whether it finished.
 
     Each history has only its own timeouts (10 s to connect to PostgreSQL, 30 s for a busy
-    SQLite file), so several slow ones could hold the caller for minutes. The work goes on in a
-    daemon thread, which ends with the process if the caller stops waiting.
+    SQLite file), so several slow ones could hold the caller for minutes. The work runs in a
+    daemon thread. If the caller stops waiting, the thread finishes the history it is on, skips
+    the others, and ends at the latest with the process.
     """
+    deadline = time.monotonic() + timeout_s
 
     def mark() -> None:
         try:
-            mark_lost_in(urls, cluster, message=message)
+            mark_lost_in(urls, cluster, message=message, deadline=deadline)
         except Exception:  # noqa: BLE001 - a thread's error would otherwise reach only stderr
             logger.exception("Failed to update the job histories of %s", cluster)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import getpass
+import hashlib
 import json
 import logging
 import re
@@ -282,45 +283,49 @@ class KubeRayClusters:
 
     def delete(self, name: str) -> None:
         """Delete the RayCluster and the notes on it here; raises ``ClusterNotFoundError`` when it does not exist."""
-        self._get(name)
+        uid = str(self._get(name).get("metadata", {}).get("uid", ""))
         self._lifecycle().delete(name)
-        for folder in self._notes.root.glob(f"{name}.*.histories"):
-            shutil.rmtree(folder, ignore_errors=True)
+        if uid:
+            shutil.rmtree(self._notes.histories_path(f"{name}.{uid}"), ignore_errors=True)
 
     @property
     def _notes(self) -> LocalRegistry:
-        # Only `trainctl down` on this machine reads the notes: they are kept here, not on the
-        # RayCluster, because a history URL may hold a password.
-        return LocalRegistry(state_dir() / "kuberay" / self.namespace)
-
-    @staticmethod
-    def _note_key(cluster: ClusterSummary) -> str:
-        # The uid keeps the notes of a deleted cluster from applying to a new one of the same name.
-        return f"{cluster.name}.{cluster.uid or 'unknown'}"
+        # Only `trainctl down` on this machine reads the notes. They are kept here, not on the
+        # RayCluster, because a history URL may hold a password. The folder names the API server,
+        # since two servers can each have a namespace of the same name.
+        server = hashlib.sha256(self.api_client.configuration.host.encode()).hexdigest()[:12]
+        return LocalRegistry(state_dir() / "kuberay" / server / self.namespace)
 
     def note_history(self, cluster: ClusterSummary, url: str) -> None:
         """Note on this machine that the cluster's jobs are recorded at ``url``, for ``trainctl down``.
 
-        The notes of clusters that no longer exist, removed by their lifetime or by another
-        machine's ``down``, go at the same time.
+        The notes are kept per RayCluster uid, so that a cluster made again with the same name
+        does not take them over. Those of clusters that are gone (removed by their lifetime,
+        the orphan sensor or ``down`` elsewhere) are removed at the same time.
 
         Raises:
             OSError: the note could not be written.
         """
-        notes = self._notes
-        notes.add_history(self._note_key(cluster), url)
-        try:
-            live = {self._note_key(summary) for summary in self.list()}
-        except Exception as err:  # noqa: BLE001 - old notes cost only disk space, so they wait for the next submit
-            logger.debug("The notes of deleted clusters were not removed: the cluster list failed: %s", err)
+        if not cluster.uid:
             return
+        notes = self._notes
+        key = f"{cluster.name}.{cluster.uid}"
+        notes.add_history(key, url)
         for folder in notes.root.glob("*.histories"):
-            if folder.name.removesuffix(".histories") not in live:
+            name, _, uid = folder.name.removesuffix(".histories").partition(".")
+            if name == cluster.name and uid == cluster.uid:
+                continue
+            try:
+                current = self._lifecycle().get(name)
+            except Exception as err:  # noqa: BLE001 - an old note costs only disk space, so it waits for the next submit
+                logger.debug("Kept the note %s: the RayCluster could not be read: %s", folder, err)
+                continue
+            if current is None or str(current.get("metadata", {}).get("uid", "")) != uid:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def noted_histories(self, cluster: ClusterSummary) -> list[str]:
         """Return the job history URLs that ``trainctl submit`` on this machine noted for the cluster."""
-        return self._notes.histories(self._note_key(cluster))
+        return self._notes.histories(f"{cluster.name}.{cluster.uid}") if cluster.uid else []
 
 
 def _local_summary(record: LocalClusterRecord, *, ready_workers: int | None, stopping: bool) -> ClusterSummary:

@@ -653,7 +653,7 @@ def submit(
         # `trainctl down`, and a local cluster's keeper, then record the end of its unfinished jobs here too.
         try:
             clusters.note_history(summary, portable_history_url(history_url or default_history_url()))
-        except OSError as err:
+        except (OSError, ValueError) as err:
             stopper = "the cluster's keeper" if clusters.backend == "local" else "`trainctl down`"
             _warn(f"{stopper} will not update this job's history if it stops the cluster: {err}")
 

@@ -138,8 +138,8 @@ def test_up_status_submit_down_history(
                     submitter="alice", origin="manual", submitted_at=dt.datetime.now(dt.UTC), status="RUNNING",
                 )
             )  # fmt: skip
-        notes = tmp_path / "state" / "kuberay" / NAMESPACE
-        assert [folder.name.split(".")[0] for folder in notes.glob("*.histories")] == ["exp-kube"]
+        notes = f"kuberay/*/{NAMESPACE}/*.histories"
+        assert [folder.name.split(".")[0] for folder in (tmp_path / "state").glob(notes)] == ["exp-kube"]
     finally:
         down = run_trainctl(env, "down", "exp-kube")
     assert down.returncode == 0, down.stderr
@@ -148,7 +148,7 @@ def test_up_status_submit_down_history(
         killed = team.get("killed-submit")
     assert killed is not None
     assert killed.status == "LOST"
-    assert list(notes.glob("*.histories")) == []
+    assert list((tmp_path / "state").glob(notes)) == []
     assert f"DELETE /apis/ray.io/v1/namespaces/{NAMESPACE}/rayclusters/exp-kube" in writes(kube)
     assert not exists(kube, "exp-kube")
     assert run_trainctl(env, "status", "exp-kube").returncode == 4

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -298,8 +299,21 @@ def test_run_cluster_stop_bounds_wait_for_stalled_noted_history(
     monkeypatch.setenv("TRAINING_HISTORY_URL", f"sqlite:///{tmp_path / 'default.db'}")
     monkeypatch.setattr(cluster_module, "NOTED_HISTORIES_WAIT_S", 0.5)
     registry = LocalRegistry(tmp_path / "clusters")
-    # The URL's own connect timeout outlasts the test: only the teardown's bound ends the wait.
-    registry.add_history("run-2", f"postgresql+psycopg://user@127.0.0.1:{silent_server}/db?connect_timeout=60")
+    # The URL's own connect timeout outlasts the teardown's bound, and the SQLite history after it
+    # is skipped once the bound has passed.
+    stalled = f"postgresql+psycopg://user@127.0.0.1:{silent_server}/db?connect_timeout=3"
+    later = f"sqlite:///{tmp_path / 'later.db'}"
+    with JobHistory(later) as history:
+        history.record_submitted(
+            JobRecord(
+                job_id="job-later", cluster="run-2", backend="local", entrypoint="python x.py",
+                submitter="alice", origin="manual", submitted_at=NOW, status="RUNNING",
+            )
+        )  # fmt: skip
+    for url in (stalled, later):
+        registry.add_history("run-2", url)
+    # The notes are read in no fixed order; here the stalled server comes first.
+    monkeypatch.setattr(registry, "histories", lambda name: [stalled, later])
     resource = RayClusterResource()
     resource._cluster = SimpleNamespace(name="run-2", stop=lambda: None)  # type: ignore[assignment]
     resource._registry = registry
@@ -307,33 +321,56 @@ def test_run_cluster_stop_bounds_wait_for_stalled_noted_history(
     started = time.monotonic()
     resource.stop()
 
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 2.5
     assert "Stopped waiting for the job histories noted for run-2 after 0.5 s" in caplog.text
     assert not registry.histories_path("run-2").exists()
+    # The thread gives up on the stalled server by itself, and leaves the rest as they are.
+    [thread] = [thread for thread in threading.enumerate() if thread.name == "mark-lost-run-2"]
+    thread.join(10)
+    assert not thread.is_alive()
+    assert "The time to update the job histories of run-2 ran out; 1 of them were skipped" in caplog.text
+    with JobHistory(later) as history:
+        record = history.get("job-later")
+    assert record is not None
+    assert record.status == "RUNNING"
 
 
 def test_kuberay_history_notes_follow_the_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINCTL_HOME", str(tmp_path))
-    notes = tmp_path / "kuberay" / "ml-training"
-    with KubeStandin() as standin:
+    with KubeStandin() as standin, KubeStandin() as other_server:
         standin.store.put(cluster("exp-a"))
-        clusters = KubeRayClusters(
-            RayClusterResource(backend="kuberay", kube_api_url=standin.url, namespace="ml-training")
+        # A RayCluster made without the platform's labels is found by name all the same.
+        by_hand = cluster("exp-by-hand")
+        by_hand["metadata"]["labels"] = {}
+        standin.store.put(by_hand)
+        other_server.store.put(cluster("exp-a"))
+        clusters, elsewhere = (
+            KubeRayClusters(RayClusterResource(backend="kuberay", kube_api_url=server.url, namespace="ml-training"))
+            for server in (standin, other_server)
         )
         first = clusters.find("exp-a")
         assert first.uid
         clusters.note_history(first, "sqlite:////tmp/team.db")
+        clusters.note_history(clusters.find("exp-by-hand"), "sqlite:////tmp/team.db")
+        # Another API server with a namespace and a cluster of the same names keeps its own notes.
+        elsewhere.note_history(elsewhere.find("exp-a"), "sqlite:////tmp/staging.db")
+        assert clusters.noted_histories(first) == ["sqlite:////tmp/team.db"]
+        assert clusters.noted_histories(clusters.find("exp-by-hand")) == ["sqlite:////tmp/team.db"]
+
         # A cluster of the same name made again is another object, which the notes do not follow.
         standin.store.delete(RAYCLUSTERS, "ml-training", "exp-a")
         standin.store.put(cluster("exp-a"))
         second = clusters.find("exp-a")
-        assert clusters.noted_histories(first) == ["sqlite:////tmp/team.db"]
         assert clusters.noted_histories(second) == []
-
         # Noting a history for the new cluster drops the notes on the old one.
         clusters.note_history(second, "sqlite:////tmp/mine.db")
         assert clusters.noted_histories(first) == []
-        assert [path.name for path in notes.iterdir()] == [f"exp-a.{second.uid}.histories"]
+        assert clusters.noted_histories(second) == ["sqlite:////tmp/mine.db"]
+        assert clusters.noted_histories(clusters.find("exp-by-hand")) == ["sqlite:////tmp/team.db"]
 
         clusters.delete("exp-a")
-    assert list(notes.iterdir()) == []
+        assert clusters.noted_histories(second) == []
+        assert elsewhere.noted_histories(elsewhere.find("exp-a")) == ["sqlite:////tmp/staging.db"]
+    left = sorted(path.name.split(".")[0] for path in tmp_path.glob("kuberay/*/ml-training/*.histories"))
+    assert left == ["exp-a", "exp-by-hand"]
+    assert {path.stat().st_mode & 0o777 for path in tmp_path.glob("kuberay/*/ml-training/*.histories")} == {0o700}
