@@ -19,7 +19,14 @@ from kubernetes.client import ApiClient
 from pydantic import Field, PrivateAttr
 
 from resources.errors import InvalidRequestError, rename_fields
-from resources.history import HistoryError, JobHistory, JobRecord, state_dir
+from resources.history import (
+    HistoryError,
+    JobHistory,
+    JobRecord,
+    default_history_url,
+    portable_history_url,
+    state_dir,
+)
 from resources.jobs import JOB_TIMEOUT_S, JobOutcome, run_job
 from resources.kuberay.backend import KubeRayCluster, KubeRayClusterInfo, kubernetes_api_client
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
@@ -401,6 +408,11 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
             logger.warning("The local cluster %s is not listed by trainctl: %s", cluster.name, err)
             return
         self._registry = registry
+        try:
+            history_url: str | None = portable_history_url(self.history_url or default_history_url())
+        except HistoryError:
+            history_url = None
+        cluster.watch_jobs(registry=registry.root, history_url=history_url, holder="the Dagster run's process")
 
     @property
     def info(self) -> LocalClusterInfo | KubeRayClusterInfo:

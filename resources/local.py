@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resources.errors import ClusterStartError, InvalidRequestError
-from resources.reaper import GRACE_PERIOD_S, kill_process_groups
+from resources.reaper import GRACE_PERIOD_S, jobs_line, kill_process_groups
 from resources.spec import LOCAL_HEAD_MEMORY_BYTES, ClusterSpec
 
 logger = logging.getLogger(__name__)
@@ -360,6 +360,21 @@ class LocalRayCluster:
             start_new_session=True,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
+
+    def watch_jobs(self, *, registry: Path, history_url: str | None, holder: str) -> None:
+        """Have the watchdog mark the cluster's unfinished jobs LOST if this process dies without stopping it.
+
+        See :func:`resources.reaper.jobs_line` for the arguments. A watchdog that has exited
+        costs only a warning: the cluster runs on, and its jobs' end is recorded by a normal stop.
+        """
+        if self._reaper is None or self._reaper.stdin is None:
+            return
+        try:
+            line = jobs_line(cluster=self.name, registry=registry, history_url=history_url, holder=holder)
+            self._reaper.stdin.write(f"{line}\n".encode())
+            self._reaper.stdin.flush()
+        except OSError as err:
+            logger.warning("The watchdog of %s will not record its jobs' end: %s", self.name, err)
 
     def _release_reaper(self) -> None:
         assert self._reaper is not None

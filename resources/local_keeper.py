@@ -28,7 +28,7 @@ from typing import Any
 
 from resources.dashboard import DashboardError
 from resources.errors import ClusterStartError, PlatformError
-from resources.history import HistoryError
+from resources.history import HistoryError, default_history_url, portable_history_url
 from resources.local import DEFAULT_NODE_IP, LocalRayCluster
 from resources.local_registry import LocalRegistry, record_of
 from resources.recorder import open_history, other_histories, settle_jobs, unfinished_jobs
@@ -74,6 +74,7 @@ def hold(cluster: LocalRayCluster, *, registry: LocalRegistry, ttl_s: float, det
         info = cluster.start()
         record = record_of(cluster, dashboard_url=info.dashboard_url, **details)
         registry.write(record)
+        cluster.watch_jobs(registry=registry.root, history_url=_own_history_url(), holder="its keeper process")
         _say("ready", json.dumps({"name": name, "dashboard_url": info.dashboard_url, "startup_s": info.startup_s}))
         _detach_stdout()
         logger.info("Holding %s until %s UTC", name, f"{record.expires_at:%Y-%m-%d %H:%M:%S}")
@@ -138,6 +139,13 @@ def _stop_after_ending_jobs(cluster: LocalRayCluster, registry: LocalRegistry, d
     logger.warning("Stopped waiting for the job histories of %s after %g s more", name, JOB_ENDING_WAIT_S)
     given_up = ". Its unfinished jobs may still show RUNNING, because a job history did not respond in time"
     _write_ending(registry, name, reason + given_up, stopped_at)
+
+
+def _own_history_url() -> str | None:
+    try:
+        return portable_history_url(default_history_url())
+    except HistoryError:
+        return None
 
 
 def _write_ending(registry: LocalRegistry, name: str, reason: str, at: dt.datetime) -> None:

@@ -5,21 +5,47 @@ open. It writes ``watch <pgid>`` for each Ray process group it starts and
 ``release`` once it has stopped them itself. If stdin reaches end-of-file without
 ``release``, the launcher died (even by SIGKILL, which runs no cleanup), so the
 watchdog kills every watched group and removes the cluster's temporary folder.
+
+Once the cluster has a record for ``trainctl``, the launcher also writes ``jobs <json>``
+(see :func:`jobs_line`). The watchdog then marks the cluster's unfinished jobs LOST in
+the launcher's job history and in each history that ``trainctl submit`` noted, since no
+one else is left to record their end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import shutil
 import signal
 import sys
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import psutil
 
+logger = logging.getLogger("resources.reaper")
+
 # Ray nodes of a throwaway cluster have nothing to flush that outlives it, so the wait is short.
 GRACE_PERIOD_S = 1.0
+# How long the watchdog waits for the job histories after the nodes are gone.
+HISTORY_WAIT_S = 60.0
+
+
+def jobs_line(*, cluster: str, registry: Path, history_url: str | None, holder: str) -> str:
+    """Build the ``jobs`` line: where the watchdog finds the records of the jobs of ``cluster``.
+
+    ``registry`` is the folder of the cluster records, ``history_url`` the launcher's own
+    history (``None`` when it has none) and ``holder`` names the launcher in the LOST message,
+    such as "its keeper process". The URL may hold a password, so it goes through the pipe,
+    never on a command line.
+    """
+    return "jobs " + json.dumps(
+        {"cluster": cluster, "registry": str(registry), "history_url": history_url, "holder": holder}
+    )
 
 
 def kill_process_groups(pgids: list[int], *, grace_period_s: float = GRACE_PERIOD_S) -> None:
@@ -70,17 +96,56 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     pgids: list[int] = []
+    jobs: dict[str, Any] | None = None
     for line in sys.stdin:
         command, _, value = line.strip().partition(" ")
         if command == "watch" and value.isdigit():
             pgids.append(int(value))
+        elif command == "jobs":
+            try:
+                jobs = json.loads(value)
+            except ValueError:
+                jobs = None
         elif command == "release":
             return 0
 
+    # The notes go with the record once it is found stale, so they are read before the kill.
+    noted = _noted_histories(jobs) if jobs else []
     kill_process_groups(pgids)
     if args.cleanup_dir:
         shutil.rmtree(args.cleanup_dir, ignore_errors=True)
+    if jobs:
+        logging.basicConfig(level=logging.INFO, format="reaper: %(message)s")
+        try:
+            _end_jobs(jobs, noted)
+        except Exception:  # noqa: BLE001 - the cluster is already stopped, which is what matters
+            logger.exception("Failed to record the end of the jobs of %s", jobs.get("cluster"))
     return 0
+
+
+def _noted_histories(jobs: dict[str, Any]) -> list[str]:
+    from resources.local_registry import LocalRegistry
+
+    try:
+        return LocalRegistry(Path(jobs["registry"])).histories(str(jobs["cluster"]))
+    except (KeyError, TypeError, OSError):
+        return []
+
+
+def _end_jobs(jobs: dict[str, Any], noted: list[str]) -> None:
+    """Mark the unfinished jobs of the stopped cluster LOST, then drop its stale record."""
+    # Imported only now: the watchdog waits with as little loaded as it can.
+    from resources.history import history_exists
+    from resources.local_registry import LocalRegistry
+    from resources.recorder import mark_lost_within, other_histories
+
+    cluster, own = str(jobs["cluster"]), jobs.get("history_url")
+    urls = ([own] if own and history_exists(own) else []) + other_histories(own, noted)
+    message = f"its cluster stopped because {jobs.get('holder') or 'the process that held it'} exited"
+    if not mark_lost_within(urls, cluster, message=message, timeout_s=HISTORY_WAIT_S):
+        logger.warning("Stopped waiting for the job histories of %s after %g s", cluster, HISTORY_WAIT_S)
+    # Reading the record removes it, with its notes, when its holder is gone; a new cluster's record stays.
+    LocalRegistry(Path(jobs["registry"])).get(cluster)
 
 
 if __name__ == "__main__":

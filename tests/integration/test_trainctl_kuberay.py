@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resources.history import JobHistory, JobRecord
+from resources.history import JobHistory
 from resources.kuberay.schema import validate_manifest
 from tests.integration.kuberay_fixtures import NAMESPACE, KubeEnvironment, kube
 from tests.integration.trainctl_helpers import run_trainctl, trainctl_env
+from tests.jobs import record_running_job
 from tests.kube_standin import RAYCLUSTERS, ApiError
 
 pytestmark = pytest.mark.integration
@@ -131,13 +132,7 @@ def test_up_status_submit_down_history(
         team_url = f"sqlite:///{tmp_path / 'team.db'}"
         noted = run_trainctl(env, "submit", "exp-kube", "--history-url", team_url, "--", "python", "-c", "pass")
         assert noted.returncode == 0, noted.stderr
-        with JobHistory(team_url) as team:
-            team.record_submitted(
-                JobRecord(
-                    job_id="killed-submit", cluster="exp-kube", backend="kuberay", entrypoint="python x.py",
-                    submitter="alice", origin="manual", submitted_at=dt.datetime.now(dt.UTC), status="RUNNING",
-                )
-            )  # fmt: skip
+        record_running_job(team_url, "killed-submit", "exp-kube", backend="kuberay")
         notes = f"kuberay/*/{NAMESPACE}/*.histories"
         assert [folder.name.split(".")[0] for folder in (tmp_path / "state").glob(notes)] == ["exp-kube"]
     finally:

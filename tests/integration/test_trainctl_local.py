@@ -11,10 +11,11 @@ import psutil
 import pytest
 
 from resources.cluster import RayClusterResource
-from resources.history import JobHistory, JobRecord
+from resources.history import JobHistory
 from resources.local_registry import LocalRegistry
 from tests.integration.conftest import is_running
 from tests.integration.trainctl_helpers import TRAINCTL, run_trainctl, trainctl_env
+from tests.jobs import record_running_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leaked_ray_processes")]
 
@@ -216,25 +217,25 @@ def test_down_expired_and_keeper_expiry(env: dict[str, str], tmp_path: Path) -> 
     assert not alive
 
 
-def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: Path) -> None:
-    # Jobs that no submitter watches, such as those whose `trainctl submit` was killed: one in the
-    # default history, one in a history that its submitter named with --history-url.
-    registry = tmp_path / "state" / "clusters"
+def unwatched_jobs(env: dict[str, str], tmp_path: Path, cluster: str) -> tuple[JobHistory, JobHistory]:
+    """Record a RUNNING job of ``cluster`` in the default history and in one noted for it; return both histories.
+
+    They stand for jobs that no submitter watches, such as those whose `trainctl submit` was killed:
+    one in the default history, one in a history that its submitter named with --history-url.
+    """
     other_url = f"sqlite:///{tmp_path / 'other-history.db'}"
-    LocalRegistry(registry).add_history("exp-short", other_url)
-    history = JobHistory(env["TRAINING_HISTORY_URL"])
-    other_history = JobHistory(other_url)
-    for job_id, target in (("job-unwatched", history), ("job-elsewhere", other_history)):
-        target.record_submitted(
-            JobRecord(
-                job_id=job_id, cluster="exp-short", backend="local", entrypoint="python train.py",
-                submitter="alice", origin="manual", submitted_at=dt.datetime.now(dt.UTC), status="RUNNING",
-            )
-        )  # fmt: skip
+    LocalRegistry(tmp_path / "state" / "clusters").add_history(cluster, other_url)
+    record_running_job(env["TRAINING_HISTORY_URL"], "job-unwatched", cluster)
+    record_running_job(other_url, "job-elsewhere", cluster)
+    return JobHistory(env["TRAINING_HISTORY_URL"]), JobHistory(other_url)
+
+
+def start_keeper(env: dict[str, str], tmp_path: Path, cluster: str, ttl_s: int) -> subprocess.Popen[str]:
+    """Start a keeper of a one-worker cluster as `trainctl up` does, and wait until it reports ready."""
     keeper = subprocess.Popen(
         [
-            str(Path(TRAINCTL).parent / "python"), "-m", "resources.local_keeper", "--name=exp-short",
-            f"--registry={registry}", "--ttl-s=3",
+            str(Path(TRAINCTL).parent / "python"), "-m", "resources.local_keeper", f"--name={cluster}",
+            f"--registry={tmp_path / 'state' / 'clusters'}", f"--ttl-s={ttl_s}",
             '--spec={"workers": 1, "cpus_per_worker": 1, "memory_per_worker": 1073741824, '
             '"object_store_memory": 134217728}',
         ],
@@ -245,8 +246,17 @@ def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: 
         start_new_session=True,
     )  # fmt: skip
     assert keeper.stdout is not None
-    ready = [line for line in keeper.stdout if line.startswith("ready ")]
-    assert ready, "the keeper never reported ready"
+    for line in keeper.stdout:
+        if line.startswith("ready "):
+            return keeper
+    keeper.wait(timeout=30)
+    pytest.fail(f"the keeper never reported ready (exit code {keeper.returncode})")
+
+
+def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: Path) -> None:
+    registry = tmp_path / "state" / "clusters"
+    history, other_history = unwatched_jobs(env, tmp_path, "exp-short")
+    keeper = start_keeper(env, tmp_path, "exp-short", ttl_s=3)
     started = time.monotonic()
     assert keeper.wait(timeout=60) == 0
     assert time.monotonic() - started < 30
@@ -264,6 +274,31 @@ def test_keeper_stops_cluster_when_lifetime_ends(env: dict[str, str], tmp_path: 
     status = run_trainctl(env, "status", "exp-short")
     assert status.returncode == 4
     assert "because its lifetime of 3s ended." in status.stderr
+
+
+def test_killed_keeper_leaves_jobs_lost(env: dict[str, str], tmp_path: Path) -> None:
+    registry = tmp_path / "state" / "clusters"
+    history, other_history = unwatched_jobs(env, tmp_path, "exp-orphan")
+    keeper = start_keeper(env, tmp_path, "exp-orphan", ttl_s=600)
+    processes = cluster_processes(registry / "exp-orphan.json")
+
+    # SIGKILL runs no cleanup in the keeper, so only its watchdog is left to stop the nodes and end the jobs.
+    keeper.kill()
+    keeper.wait(timeout=10)
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    assert not alive
+    # The watchdog removes the stale record once it has marked the jobs.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (registry / "exp-orphan.json").exists():
+        time.sleep(0.5)
+    for store, job_id in ((history, "job-unwatched"), (other_history, "job-elsewhere")):
+        record = store.get(job_id)
+        assert record is not None
+        assert record.status == "LOST"
+        assert record.message == "its cluster stopped because its keeper process exited"
+        store.close()
+    assert not (registry / "exp-orphan.json").exists()
+    assert not (registry / "exp-orphan.histories").exists()
 
 
 def test_lists_a_run_cluster_and_protects_it(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

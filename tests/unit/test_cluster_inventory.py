@@ -18,7 +18,7 @@ import pytest
 from resources import cluster as cluster_module
 from resources.cli.backends import KubeRayClusters
 from resources.cluster import RayClusterResource
-from resources.history import JobHistory, JobRecord
+from resources.history import JobHistory
 from resources.kuberay.inventory import summarize
 from resources.kuberay.manifest import ClusterRequest, RunContext, render_raycluster
 from resources.kuberay.orphans import find_orphans
@@ -27,6 +27,7 @@ from resources.local import LocalRayCluster
 from resources.local_registry import LocalRegistry, ProcessRef, record_of
 from resources.recorder import other_histories
 from resources.spec import ClusterSpec
+from tests.jobs import record_running_job
 from tests.kube_standin import RAYCLUSTERS, KubeStandin
 from training_pipelines.defs.clusters import orphaned_ray_clusters_sensor
 
@@ -265,21 +266,10 @@ def test_other_histories_skip_first_and_missing(tmp_path: Path, monkeypatch: pyt
     assert other_histories("sqlite:///team.db", noted) == [default, mine]
 
 
-def add_running_job(url: str, job_id: str, cluster: str) -> None:
-    """Record a job of ``cluster`` as RUNNING in the history at ``url``, as a ``trainctl submit`` that was killed."""
-    with JobHistory(url) as history:
-        history.record_submitted(
-            JobRecord(
-                job_id=job_id, cluster=cluster, backend="local", entrypoint="python x.py",
-                submitter="alice", origin="manual", submitted_at=NOW, status="RUNNING",
-            )
-        )  # fmt: skip
-
-
 def test_run_cluster_stop_marks_noted_jobs_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINING_HISTORY_URL", f"sqlite:///{tmp_path / 'default.db'}")
     other_url = f"sqlite:///{tmp_path / 'other.db'}"
-    add_running_job(other_url, "job-manual", "run-1")
+    record_running_job(other_url, "job-manual", "run-1")
     registry = LocalRegistry(tmp_path / "clusters")
     registry.add_history("run-1", other_url)
     resource = RayClusterResource()
@@ -308,7 +298,7 @@ def test_run_cluster_stop_bounds_wait_for_stalled_noted_history(
     # is skipped once the bound has passed.
     stalled = f"postgresql+psycopg://user@127.0.0.1:{silent_server}/db?connect_timeout=3"
     later = f"sqlite:///{tmp_path / 'later.db'}"
-    add_running_job(later, "job-later", "run-2")
+    record_running_job(later, "job-later", "run-2")
     for url in (stalled, later):
         registry.add_history("run-2", url)
     # The notes are read in no fixed order; here the stalled server comes first.

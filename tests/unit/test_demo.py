@@ -1,12 +1,16 @@
 """The checks that ``make demo`` runs before it starts any run."""
 
+import datetime as dt
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from training_pipelines import demo
+from training_pipelines.defs.ranking import AUC_CHECK
 from training_pipelines.demo import main
 
 
@@ -41,3 +45,49 @@ def test_demo_rejects_day_without_next_day(capsys: pytest.CaptureFixture[str]) -
 
     assert caught.value.code == 2
     assert "the days that have a next day" in capsys.readouterr().err
+
+
+def gate_run(*, passed: bool, fail_production: bool = False) -> dg.ExecuteInProcessResult:
+    """Run stand-ins of the evaluation and promotion assets whose AUC check passes or fails."""
+
+    @dg.asset(
+        name="ranking_model_evaluation",
+        check_specs=[dg.AssetCheckSpec(demo.AUC_CHECK, asset="ranking_model_evaluation", blocking=True)],
+    )
+    def evaluation():  # type: ignore[no-untyped-def]
+        yield dg.MaterializeResult(metadata={"holdout_rows": 0})
+        yield dg.AssetCheckResult(
+            check_name=demo.AUC_CHECK,
+            passed=passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="No AUC on 1997-12-11: the hold-out has 0 event(s) and needs both labels",
+        )
+
+    @dg.asset(name="production_model", deps=[evaluation])
+    def production() -> None:
+        if fail_production:
+            raise RuntimeError("storage failed")
+
+    return dg.materialize([evaluation, production], raise_on_error=False)
+
+
+def test_demo_failed_gate_is_an_outcome(capsys: pytest.CaptureFixture[str]) -> None:
+    result = gate_run(passed=False)
+
+    demo._print_summary(result, day=dt.date(1997, 12, 10), next_day="1997-12-11", history_rows=100)
+
+    assert demo._failed_gate(result) == "No AUC on 1997-12-11: the hold-out has 0 event(s) and needs both labels"
+    output = capsys.readouterr().out
+    assert "Daily retrain of 1997-12-10: trained, not promoted" in output
+    assert "the blocking check auc_not_below_baseline failed" in output
+    assert "none: the next day needs events with both labels" in output
+    assert "FAILED" not in output
+
+
+def test_demo_other_failures_stay_failures() -> None:
+    assert demo._failed_gate(gate_run(passed=True, fail_production=True)) is None
+    assert demo._failed_gate(gate_run(passed=True)) is None
+
+
+def test_demo_check_name_matches_definitions() -> None:
+    assert demo.AUC_CHECK == AUC_CHECK

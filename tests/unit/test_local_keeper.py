@@ -4,6 +4,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,12 +28,17 @@ class LosingCluster:
     def exited_nodes(self) -> list[str]:
         return ["head"]
 
+    def watch_jobs(self, **_: object) -> None:
+        pass
+
     def stop(self) -> None:
         self.events.append("cluster stopped")
         self.head_gone.set()
 
 
 class Registry:
+    root = Path("clusters")
+
     def __init__(self, events: list[str]) -> None:
         self.events = events
         self.ending_times: list[dt.datetime] = []

@@ -11,7 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from resources.reaper import kill_process_groups
+from resources.history import JobHistory
+from resources.local_registry import LocalRegistry
+from resources.reaper import jobs_line, kill_process_groups
+from tests.jobs import record_running_job
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 10.0
@@ -256,3 +259,43 @@ def sigint_ignored(pid: int) -> bool:
             mask = int(line.split()[1], 16)
             return bool(mask & (1 << (signal.SIGINT - 1)))
     return False
+
+
+def test_reaper_marks_jobs_lost(processes: ProcessTracker, tmp_path: Path) -> None:
+    own, team = (f"sqlite:///{tmp_path / name}" for name in ("own.db", "team.db"))
+    for url, job_id in ((own, "job-own"), (team, "job-team")):
+        record_running_job(url, job_id, "exp-dead")
+    registry = LocalRegistry(tmp_path / "clusters")
+    registry.add_history("exp-dead", team)
+    leader = processes.start(["sleep", "60"], start_new_session=True)
+    reaper = start_reaper(processes)
+
+    line = jobs_line(cluster="exp-dead", registry=registry.root, history_url=own, holder="its keeper process")
+    send_lines(reaper, [f"watch {leader.pid}", line])
+    close_stdin(reaper)
+
+    assert wait_until(lambda: leader.poll() is not None)
+    assert wait_until(lambda: reaper.poll() is not None, timeout_s=30)
+    assert reaper.returncode == 0
+    for url, job_id in ((own, "job-own"), (team, "job-team")):
+        with JobHistory(url) as history:
+            record = history.get(job_id)
+        assert record is not None
+        assert record.status == "LOST"
+        assert record.message == "its cluster stopped because its keeper process exited"
+
+
+def test_reaper_ignores_jobs_after_release(processes: ProcessTracker, tmp_path: Path) -> None:
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    record_running_job(own, "job-own", "exp-live")
+    reaper = start_reaper(processes)
+
+    line = jobs_line(cluster="exp-live", registry=tmp_path / "clusters", history_url=own, holder="its keeper")
+    send_lines(reaper, [line, "release"])
+    close_stdin(reaper)
+
+    assert wait_until(lambda: reaper.poll() is not None)
+    with JobHistory(own) as history:
+        record = history.get("job-own")
+    assert record is not None
+    assert record.status == "RUNNING"
