@@ -218,11 +218,16 @@ def portable_history_url(url: str) -> str:
 
 def history_exists(url: str) -> bool:
     """Tell whether the history at ``url`` may contain records: False only for an SQLite file that does not exist."""
+    return missing_sqlite_file(url) is None
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """Return the file of an SQLite history at ``url`` that does not exist; ``None`` for any other URL."""
     try:
         path = _sqlite_file(sa.make_url(url))
     except SQLAlchemyError:
-        return True
-    return path is None or path.exists()
+        return None
+    return path if path is not None and not path.exists() else None
 
 
 def _server_connect_args(url: URL) -> dict[str, Any]:

@@ -8,6 +8,7 @@ docs/trainctl.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -46,6 +47,7 @@ from resources.history import (
     JobHistory,
     JobRecord,
     default_history_url,
+    missing_sqlite_file,
     portable_history_url,
     state_dir,
 )
@@ -65,6 +67,8 @@ EXIT_NOT_FOUND = 4
 EXIT_START_FAILED = 5
 EXIT_PLATFORM = 6
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE, the status a shell shows for a command that the signal ended.
+EXIT_BROKEN_PIPE = 141
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_JOB_FAILED: "the job failed or was stopped (submit, logs --follow)",
@@ -74,6 +78,7 @@ EXIT_CODES = {
     EXIT_START_FAILED: "the cluster did not become ready; nothing is left running",
     EXIT_PLATFORM: "the Kubernetes API, the Ray dashboard, the job history or the state folder (TRAINCTL_HOME) failed",
     EXIT_INTERRUPTED: "interrupted with Ctrl-C; what was being created is removed",
+    EXIT_BROKEN_PIPE: "the reader of the output exited first, as `head` does; nothing is printed",
 }
 
 # Request fields and manifest paths, as the options a user typed.
@@ -193,6 +198,14 @@ def handle_errors(command: F) -> F:
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # The reader of the output has gone, as `head` does in `trainctl history | head`. Like other
+            # command-line tools, stop without a message, and keep Python's exit flush from failing again.
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            sys.exit(EXIT_BROKEN_PIPE)
         except Exception as err:
             converted = command_error(err, creates=command.__name__ in _CREATING_COMMANDS)
             if converted is None or converted is err:
@@ -246,8 +259,26 @@ def _clusters(backend: str | None, namespace: str | None) -> Clusters:
     return KubeRayClusters(settings) if settings.backend == "kuberay" else LocalClusters(settings)
 
 
-def _history(url: str | None) -> JobHistory:
-    return JobHistory(url or os.environ.get("TRAINING_HISTORY_URL") or None)
+def _history(url: str | None) -> JobHistory | None:
+    """Open the history to read; ``None`` when the SQLite file that the URL names does not exist.
+
+    Opening a missing SQLite file would create it, so a mistyped path would read as an empty
+    history and leave a file behind. The default history, when no URL is set, is opened as usual.
+    """
+    chosen = url or os.environ.get("TRAINING_HISTORY_URL") or None
+    if chosen is not None and missing_sqlite_file(chosen) is not None:
+        return None
+    return JobHistory(chosen)
+
+
+def _missing_history(url: str | None) -> InvalidRequestError:
+    field = "--history-url" if url else "TRAINING_HISTORY_URL"
+    chosen = url or os.environ.get("TRAINING_HISTORY_URL", "")
+    return InvalidRequestError(
+        field,
+        f"the job history file {missing_sqlite_file(chosen)} does not exist",
+        f"Check the path in {field}. The file is created when the first job is recorded there.",
+    )
 
 
 def backend_options(command: F) -> F:
@@ -734,13 +765,23 @@ def logs(
       trainctl logs ray-alice-3f2a1c --follow
     """
     clusters = _clusters(backend, namespace)
-    with _history(history_url) as history:
-        record = history.get(job_id) if job_id else history.latest(name)
+    history = _history(history_url)
+    with contextlib.ExitStack() as stack:
+        record = None
+        if history is not None:
+            stack.enter_context(history)
+            record = history.get(job_id) if job_id else history.latest(name)
         if record is not None and record.cluster != name:
             raise CommandError(f"Job {job_id} ran on cluster {record.cluster}, not {name}.", EXIT_NOT_FOUND)
         try:
             clusters.find(name)
-        except ClusterNotFoundError:
+        except ClusterNotFoundError as err:
+            if record is None and job_id is not None:
+                raise CommandError(
+                    f"No job {job_id!r} in the job history, and its cluster {name} is gone. "
+                    f"`trainctl history --cluster {name}` lists the jobs of that cluster.",
+                    EXIT_NOT_FOUND,
+                ) from err
             if record is None:
                 raise
             click.echo(
@@ -903,6 +944,8 @@ def _settle_jobs(clusters: Clusters, history: JobHistory, name: str) -> None:
 
 def _history_row(record: JobRecord) -> list[str]:
     duration = record.duration_s
+    # One line per job: a script passed with `python -c` may span several.
+    entrypoint = " ".join(record.entrypoint.split())
     return [
         record.job_id,
         record.cluster,
@@ -911,7 +954,7 @@ def _history_row(record: JobRecord) -> list[str]:
         f"{record.submitted_at:%Y-%m-%d %H:%M:%S}",
         "-" if duration is None else format_duration(duration),
         record.partition or "-",
-        record.entrypoint if len(record.entrypoint) <= 60 else record.entrypoint[:57] + "...",
+        entrypoint if len(entrypoint) <= 60 else entrypoint[:57] + "...",
     ]
 
 
@@ -940,7 +983,10 @@ def history(
       trainctl history --status FAILED --limit 10
       trainctl history --job ray-alice-3f2a1c-1a2b3c4d
     """
-    with _history(history_url) as store:
+    store = _history(history_url)
+    if store is None:
+        raise _missing_history(history_url)
+    with store:
         if job_id is not None:
             record = store.get(job_id)
             if record is None:

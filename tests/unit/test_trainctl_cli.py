@@ -3,6 +3,9 @@
 import contextlib
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -153,16 +156,22 @@ def test_history_lists_and_shows_jobs(env: dict[str, str]) -> None:
                 "job-2", status="PENDING", minutes_ago=5, origin="dagster", submitter="dagster", partition="1998-03-15"
             )
         )
+        history.record_submitted(
+            _record("job-3", status="RUNNING", minutes_ago=1, entrypoint="python -c 'import time\ntime.sleep(9)'")
+        )
 
     code, out, _ = invoke(env, "history")
     assert code == 0
     lines = out.splitlines()
+    assert len(lines) == 4
     assert lines[0].split()[:3] == ["JOB", "CLUSTER", "STATUS"]
-    assert lines[1].startswith("job-2")
-    assert "1998-03-15" in lines[1]
-    assert lines[2].startswith("job-1")
-    assert "FAILED" in lines[2]
-    assert "30m" in lines[2]
+    assert lines[1].startswith("job-3")
+    assert lines[1].endswith("python -c 'import time time.sleep(9)'")
+    assert lines[2].startswith("job-2")
+    assert "1998-03-15" in lines[2]
+    assert lines[3].startswith("job-1")
+    assert "FAILED" in lines[3]
+    assert "30m" in lines[3]
 
     failed = json.loads(invoke(env, "history", "--status", "failed", "-o", "json")[1])
     assert [record["job_id"] for record in failed] == ["job-1"]
@@ -174,6 +183,48 @@ def test_history_lists_and_shows_jobs(env: dict[str, str]) -> None:
     assert "boom" in out
     assert invoke(env, "history", "--job", "job-9")[0] == 4
     assert invoke(env, "history", "--status", "SLEEPING")[0] == 2
+
+
+def test_history_of_missing_file_is_an_error(env: dict[str, str], tmp_path: Path) -> None:
+    typo = tmp_path / "histroy.db"
+
+    code, _, err = invoke(env, "history", "--history-url", f"sqlite:///{typo}")
+    env_code, _, env_err = invoke({**env, "TRAINING_HISTORY_URL": f"sqlite:///{typo}"}, "history")
+
+    assert code == 3
+    assert f"Error: --history-url: the job history file {typo} does not exist" in err
+    assert env_code == 3
+    assert "Error: TRAINING_HISTORY_URL: the job history file" in env_err
+    assert not typo.exists()
+
+
+def test_closed_output_pipe_exits_quietly(env: dict[str, str]) -> None:
+    # As `trainctl list | head` when head has exited: the pipe is closed before anything is written.
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from resources.cli.main import main; main(['list'])"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()
+    err = process.stderr.read()
+    process.stderr.close()
+
+    assert process.wait(timeout=60) == 141
+    assert err == b""
+
+
+def test_logs_names_unknown_job_of_gone_cluster(env: dict[str, str]) -> None:
+    with JobHistory(env["TRAINING_HISTORY_URL"]) as history:
+        history.record_submitted(_record("job-1", status="SUCCEEDED", minutes_ago=5, cluster="exp-gone"))
+
+    code, _, err = invoke(env, "logs", "exp-gone", "--job", "job-9")
+
+    assert code == 4
+    assert "No job 'job-9' in the job history, and its cluster exp-gone is gone." in err
+    assert "trainctl history --cluster exp-gone" in err
 
 
 @pytest.mark.parametrize(
