@@ -87,3 +87,23 @@ class RayJobError(PlatformError):
 
 class StorageError(PlatformError):
     """Reading or writing under the storage root failed."""
+
+
+def failure_reason(err: BaseException) -> str:
+    """Return the operating system's reason under a failed request, such as "Connection refused".
+
+    A failed HTTP request wraps it in several layers (requests, then urllib3's retry and
+    connection errors), whose combined text repeats the pool, the URL and the object addresses.
+    Returns ``str(err)`` when no layer carries such a reason.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        following = current.__cause__ or current.__context__ or getattr(current, "reason", None)
+        if following is None and current.args and isinstance(current.args[0], BaseException):
+            following = current.args[0]
+        current = following if isinstance(following, BaseException) else None
+    return str(err)

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import requests
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from resources.errors import InvalidRequestError, RayJobError
+from resources.errors import InvalidRequestError, RayJobError, failure_reason
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,10 @@ def run_job(
                 logs = client.get_job_logs(job_id)
             except requests.exceptions.ConnectionError as err:
                 raise RayJobError(
-                    job_id, "LOST", f"the cluster stopped responding while the job ran ({err})", "\n".join(tail)
+                    job_id,
+                    "LOST",
+                    f"the cluster stopped responding while the job ran ({failure_reason(err)})",
+                    "\n".join(tail),
                 ) from err
             if started_at is None and status != JobStatus.PENDING:
                 started_at = clock()

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from resources.cluster import naming_variables
-from resources.errors import InvalidRequestError
+from resources.errors import InvalidRequestError, rename_fields
 from training_pipelines.defs.partitions import FIRST_DAY, LAST_DAY
 
 DEFAULT_PARTITION = "1998-03-15"
@@ -144,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         defs.resources["ray_cluster"].cluster_spec()
     except InvalidRequestError as err:
         print(f"demo: invalid setting {naming_variables(err)}", file=sys.stderr)
+        return 2
+    try:
+        defs.resources["ratings_source"].check_tables()
+    except InvalidRequestError as err:
+        variables = {f"{table}_uri": f"RATINGS_{table.upper()}_URI" for table in ("events", "users", "items")}
+        print(f"demo: invalid setting {rename_fields(str(err), variables)}", file=sys.stderr)
         return 2
 
     from training_pipelines.defs.ratings import ratings_daily

@@ -40,7 +40,14 @@ from resources.cli.backends import (
 )
 from resources.cluster import RayClusterResource
 from resources.dashboard import DashboardError, node_usage
-from resources.errors import ClusterStartError, InvalidRequestError, PlatformError, RayJobError, rename_fields
+from resources.errors import (
+    ClusterStartError,
+    InvalidRequestError,
+    PlatformError,
+    RayJobError,
+    failure_reason,
+    rename_fields,
+)
 from resources.history import (
     TERMINAL_STATUSES,
     HistoryError,
@@ -174,7 +181,8 @@ def command_error(err: Exception, *, creates: bool = False) -> CommandError | No
     # job client raises the built-in ConnectionError when the dashboard does not respond.
     if isinstance(err, (requests.exceptions.RequestException, ConnectionError)):
         return CommandError(
-            f"the Ray dashboard did not respond: {err}. Check with `trainctl status NAME` that the cluster is ready.",
+            f"the Ray dashboard did not respond: {failure_reason(err)}. Check with `trainctl status NAME` that the "
+            "cluster is ready.",
             EXIT_PLATFORM,
         )
     if isinstance(err, psutil.AccessDenied):

@@ -39,6 +39,18 @@ def test_demo_machine_check_names_variables(tmp_path: Path) -> None:
     assert not (tmp_path / "dagster").exists()
 
 
+def test_demo_source_check_names_variables(tmp_path: Path) -> None:
+    missing = tmp_path / "events.parquet"
+
+    result = run_demo(tmp_path, RATINGS_EVENTS_URI=str(missing))
+
+    assert result.returncode == 2, result.stderr
+    assert f"demo: invalid setting RATINGS_EVENTS_URI: {missing} does not exist." in result.stderr
+    assert "Point RATINGS_EVENTS_URI at an existing Parquet table." in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "dagster").exists()
+
+
 def test_demo_rejects_day_without_next_day(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["--partition", "1998-04-22"])

@@ -4,6 +4,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -393,6 +394,25 @@ def test_down_by_name_reports_a_missing_cluster(env: dict[str, str], monkeypatch
 
     assert code == 4
     assert "No cluster named 'exp-gone' on this machine." in err
+
+
+@pytest.fixture
+def silent_port() -> int:
+    """Return a port on 127.0.0.1 where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_dashboard_error_gives_the_reason_only(silent_port: int) -> None:
+    with pytest.raises(requests.exceptions.ConnectionError) as caught:
+        requests.get(f"http://127.0.0.1:{silent_port}/api/jobs/", timeout=5)
+
+    error = command_error(caught.value)
+
+    assert error is not None
+    assert error.message.startswith("the Ray dashboard did not respond: Connection refused. Check with")
+    assert "HTTPConnectionPool" not in error.message
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,30 @@ class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
         configured = {"events": self.events_uri, "users": self.users_uri, "items": self.items_uri}[table]
         return configured or movielens_path(table)
 
+    @contextlib.contextmanager
+    def _reading(self, table: str) -> Iterator[str]:
+        """Yield the table's URI, turning a missing or unreadable file into a ``SourceError`` that names its field."""
+        uri = self.resolved_uri(table)
+        field = f"{table}_uri"
+        try:
+            yield uri
+        except FileNotFoundError as err:
+            raise SourceError(field, f"{uri} does not exist", f"Point {field} at an existing Parquet table.") from err
+        except (pa.ArrowInvalid, OSError) as err:
+            raise SourceError(
+                field, f"{uri} is not a readable Parquet table ({err})", f"Point {field} at a valid Parquet table."
+            ) from err
+
+    def check_tables(self) -> None:
+        """Read the footer of each table, so that a missing or unreadable one fails before any run.
+
+        Raises:
+            SourceError: a table is missing or is not a Parquet table.
+        """
+        for table in ("events", "users", "items"):
+            with self._reading(table) as uri:
+                pq.read_metadata(uri)
+
     def _read_table(
         self,
         table: str,
@@ -88,16 +114,8 @@ class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
         columns: list[str] | None = None,
         filters: list[tuple[str, str, object]] | None = None,
     ) -> pa.Table:
-        uri = self.resolved_uri(table)
-        field = f"{table}_uri"
-        try:
+        with self._reading(table) as uri:
             return pq.read_table(uri, columns=columns, filters=filters)
-        except FileNotFoundError as err:
-            raise SourceError(field, f"{uri} does not exist", f"Point {field} at an existing Parquet table.") from err
-        except (pa.ArrowInvalid, OSError) as err:
-            raise SourceError(
-                field, f"{uri} is not a readable Parquet table ({err})", f"Point {field} at a valid Parquet table."
-            ) from err
 
     def _read(self, table: str, *, filters: list[tuple[str, str, object]] | None = None) -> pd.DataFrame:
         return self._read_table(table, filters=filters).to_pandas().rename(columns=self.column_renames)
@@ -144,19 +162,8 @@ class RatingsSource(ConfigurableResource):  # type: ignore[type-arg]
                 raise timestamp_error(int(value), count=None, source=self.resolved_uri("events"))
 
     def _events_metadata(self) -> pq.FileMetaData:
-        uri = self.resolved_uri("events")
-        try:
+        with self._reading("events") as uri:
             return pq.read_metadata(uri)
-        except FileNotFoundError as err:
-            raise SourceError(
-                "events_uri", f"{uri} does not exist", "Point events_uri at an existing Parquet table."
-            ) from err
-        except (pa.ArrowInvalid, OSError) as err:
-            raise SourceError(
-                "events_uri",
-                f"{uri} is not a readable Parquet table ({err})",
-                "Point events_uri at a valid Parquet table.",
-            ) from err
 
     def read_users(self) -> pd.DataFrame:
         """Read the user features; raises ``SourceError`` when the table is unreadable or its user ids are invalid."""
