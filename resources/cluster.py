@@ -347,7 +347,10 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         return load_policy(self.policy_file)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
+        name = None if self._cluster is None else self._cluster.name
         self.stop()
+        if name is not None and context.log is not None:
+            context.log.info(f"Stopped the Ray cluster {name}")
 
     def ensure_started(self, *, on_progress: Callable[[str], None] | None = None, asset: str | None = None) -> float:
         """Start the cluster unless it is running; return the seconds spent starting it, 0.0 if it was up.

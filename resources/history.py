@@ -244,7 +244,11 @@ def _create_engine(url: URL) -> sa.Engine:
         return sa.create_engine(url, pool_pre_ping=True, connect_args=_server_connect_args(url))
     path = _sqlite_file(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The history keeps the last log lines of every job, so a file made here is its owner's only.
+        # SQLite gives its -wal and -shm files the same permissions.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
     sa.event.listen(engine, "connect", _enable_wal)
     return engine

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resources.errors import ClusterStartError, InvalidRequestError
-from resources.reaper import GRACE_PERIOD_S, jobs_line, kill_process_groups
+from resources.reaper import GRACE_PERIOD_S, jobs_line, kill_process_groups, remove_folder
 from resources.spec import LOCAL_HEAD_MEMORY_BYTES, ClusterSpec
 
 logger = logging.getLogger(__name__)
@@ -247,7 +246,7 @@ class LocalRayCluster:
         if self._reaper is not None:
             self._release_reaper()
         if self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
+            remove_folder(self._work_dir)
             self._work_dir = None
         self.info = None
 

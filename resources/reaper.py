@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,19 @@ def kill_process_groups(pgids: list[int], *, grace_period_s: float = GRACE_PERIO
     psutil.wait_procs(alive, timeout=grace_period_s)
 
 
+def remove_folder(folder: Path) -> None:
+    """Remove ``folder`` and what is in it, once more after a moment if something was still being written there.
+
+    A Ray process that is just exiting can still create a session folder while the first removal runs.
+    """
+    for attempt in range(2):
+        if attempt:
+            time.sleep(GRACE_PERIOD_S / 2)
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+
+
 def _signal_all(pgids: list[int], processes: Iterable[psutil.Process], signum: signal.Signals) -> None:
     for pgid in pgids:
         try:
@@ -113,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     noted = _noted_histories(jobs) if jobs else []
     kill_process_groups(pgids)
     if args.cleanup_dir:
-        shutil.rmtree(args.cleanup_dir, ignore_errors=True)
+        remove_folder(Path(args.cleanup_dir))
     if jobs:
         logging.basicConfig(level=logging.INFO, format="reaper: %(message)s")
         try:

@@ -79,6 +79,8 @@ def parse_duration_minutes(value: str, *, field: str) -> int:
             problem = f"must be positive, got {value!r}"
         elif text.isdigit():
             problem = f"{value!r} has no unit"
+        elif text.endswith("s") and text[:-1].isdigit():
+            problem = f"{value!r} is in seconds, and the smallest unit is a minute"
         raise InvalidRequestError(field, problem, "Use days, hours and minutes such as '8h', '90m' or '1d12h'.")
     days, hours, minutes = (int(part) if part else 0 for part in match.groups())
     total = (days * 24 + hours) * 60 + minutes
@@ -209,7 +211,7 @@ class ClusterSpec:
             raise InvalidRequestError(
                 "object_store_memory",
                 f"{format_memory(self.object_store_memory)} is below Ray's minimum of 75Mi",
-                "Use at least '128Mi'.",
+                "Use 75Mi or more, such as '128Mi'.",
             )
         if available_memory is not None and self.total_memory > available_memory:
             raise InvalidRequestError(

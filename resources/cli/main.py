@@ -971,7 +971,13 @@ def _history_row(record: JobRecord) -> list[str]:
 @click.option("--job", "job_id", default=None, help="One job, with its request and last log lines.")
 @click.option("--mine", is_flag=True, help="Only jobs you submitted.")
 @click.option("--status", "status_filter", default=None, help="Only jobs with this status, such as FAILED.")
-@click.option("--limit", type=click.IntRange(min=1, max=100_000), default=50, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=100_000),
+    default=50,
+    show_default=True,
+    help="Show at most this many jobs.",
+)
 @click.option("--history-url", default=None, help="Job history database. [default: TRAINING_HISTORY_URL]")
 @output_option
 @handle_errors

@@ -68,7 +68,8 @@ class Policy:
 
     def check_image(self, image: object, *, field: str) -> None:
         """Raise ``InvalidRequestError`` unless ``image`` starts with an allowed prefix and names a tag or digest."""
-        allowed = ", ".join(repr(prefix) for prefix in self.allowed_image_prefixes)
+        quoted = [repr(prefix) for prefix in self.allowed_image_prefixes]
+        allowed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
         # A prefix ending in ':' names one repository, which an image may also pin by digest only.
         prefixes = self.allowed_image_prefixes + tuple(
             prefix[:-1] + "@" for prefix in self.allowed_image_prefixes if prefix.endswith(":")
@@ -136,23 +137,30 @@ def _minutes_text(minutes: object) -> str:
 def _parse_gpu_types(raw: object, *, source: str) -> dict[str, GpuType]:
     if not isinstance(raw, dict):
         raise InvalidRequestError(
-            f"{source}: gpu_types", "must map GPU type names to rules", "See policy.default.yaml."
+            f"{source}: gpu_types", "must map GPU type names to rules", f"See {_default_policy_path()}."
         )
 
     gpu_types = {}
     for name, rules in raw.items():
         if not isinstance(rules, dict) or not isinstance(rules.get("node_selector"), dict):
             raise InvalidRequestError(
-                f"{source}: gpu_types.{name}", "needs a node_selector mapping", "See policy.default.yaml."
+                f"{source}: gpu_types.{name}", "needs a node_selector mapping", f"See {_default_policy_path()}."
             )
         tolerations = rules.get("tolerations", [])
         if not isinstance(tolerations, list) or not all(isinstance(item, dict) for item in tolerations):
             raise InvalidRequestError(
-                f"{source}: gpu_types.{name}.tolerations", "must be a list of tolerations", "See policy.default.yaml."
+                f"{source}: gpu_types.{name}.tolerations",
+                "must be a list of tolerations",
+                f"See {_default_policy_path()}.",
             )
         selector = {str(key): str(value) for key, value in rules["node_selector"].items()}
         gpu_types[str(name)] = GpuType(node_selector=selector, tolerations=tuple(dict(item) for item in tolerations))
     return gpu_types
+
+
+def _default_policy_path() -> str:
+    """Return where the packaged default policy is, for messages that point at its format."""
+    return str(importlib.resources.files("resources.kuberay") / DEFAULT_POLICY_FILE)
 
 
 def _read_yaml(path: str | None) -> tuple[dict[str, Any], str]:
@@ -167,7 +175,9 @@ def _read_yaml(path: str | None) -> tuple[dict[str, Any], str]:
         ) from err
     loaded = yaml.safe_load(text)
     if not isinstance(loaded, dict):
-        raise InvalidRequestError("policy", f"{path} is not a YAML mapping", "See policy.default.yaml for the format.")
+        raise InvalidRequestError(
+            "policy", f"{path} is not a YAML mapping", f"See {_default_policy_path()} for the format."
+        )
     return loaded, path
 
 
@@ -185,7 +195,7 @@ def load_policy(path: str | None = None) -> Policy:
         overrides, source = _read_yaml(path)
         unknown = sorted(set(overrides) - {field.name for field in fields(Policy)})
         if unknown:
-            raise InvalidRequestError(f"{source}: {unknown[0]}", "unknown policy key", "See policy.default.yaml.")
+            raise InvalidRequestError(f"{source}: {unknown[0]}", "unknown policy key", f"See {_default_policy_path()}.")
         values.update(overrides)
     source = path or DEFAULT_POLICY_FILE
 

@@ -565,3 +565,14 @@ def test_connect_timeout_in_url_is_kept() -> None:
     assert history_module._server_connect_args(sa.make_url("postgresql+psycopg://user@db.internal/history")) == {
         "connect_timeout": 10
     }
+
+
+def test_new_sqlite_file_is_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "history.db"
+
+    with JobHistory(f"sqlite:///{path}"):
+        pass
+
+    # The history keeps the jobs' last log lines.
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700

@@ -89,6 +89,7 @@ def test_render_gpu_request_selects_gpu_nodes(env: dict[str, str]) -> None:
         (("--image", "evil.example.com/ray:1"), "--image: image 'evil.example.com/ray:1' is not from an allowed"),
         (("--ttl", "0m"), "--ttl: must be at least 1 minute"),
         (("--ttl", "soon"), "--ttl: 'soon' is not a duration"),
+        (("--ttl", "30s"), "--ttl: '30s' is in seconds, and the smallest unit is a minute"),
         (("--workers", "-3"), "--workers: must be a whole number of at least 1"),
         (("--cpus", "0"), "--cpus: must be a whole number of at least 1"),
     ],
