@@ -208,7 +208,7 @@ def portable_history_url(url: str) -> str:
     """
     try:
         parsed = sa.make_url(url)
-    except SQLAlchemyError as err:
+    except (SQLAlchemyError, ValueError) as err:
         raise HistoryError(f"Invalid job history URL: {err}.") from err
     path = _sqlite_file(parsed)
     if path is None or path.is_absolute():
@@ -223,9 +223,10 @@ def history_exists(url: str) -> bool:
 
 def missing_sqlite_file(url: str) -> Path | None:
     """Return the file of an SQLite history at ``url`` that does not exist; ``None`` for any other URL."""
+    # make_url raises ValueError for a port that is not a number.
     try:
         path = _sqlite_file(sa.make_url(url))
-    except SQLAlchemyError:
+    except (SQLAlchemyError, ValueError):
         return None
     return path if path is not None and not path.exists() else None
 
@@ -239,16 +240,32 @@ def _server_connect_args(url: URL) -> dict[str, Any]:
     return {}
 
 
+def _make_private(path: Path) -> None:
+    """Create the SQLite file at ``path`` readable by its owner only, since it keeps the jobs' last log lines.
+
+    SQLite gives its -wal and -shm files the same permissions. A file that exists keeps its own,
+    except the default history, which earlier versions made readable by every user.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    try:
+        stat = path.stat()
+        if path.absolute() == state_dir() / "history.db" and stat.st_uid == os.getuid() and stat.st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as err:
+        logger.warning("The job history %s may be readable by other users: %s", path, err)
+
+
 def _create_engine(url: URL) -> sa.Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True, connect_args=_server_connect_args(url))
     path = _sqlite_file(url)
     if path is not None:
-        # The history keeps the last log lines of every job, so a file made here is its owner's only.
-        # SQLite gives its -wal and -shm files the same permissions.
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        _make_private(path)
     engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
     sa.event.listen(engine, "connect", _enable_wal)
     return engine
@@ -285,7 +302,7 @@ class JobHistory:
         raw_url = default_history_url() if url is None else url
         try:
             self._url = sa.make_url(raw_url)
-        except SQLAlchemyError as err:
+        except (SQLAlchemyError, ValueError) as err:
             raise HistoryError(
                 f"Invalid job history URL: {err}. Set TRAINING_HISTORY_URL to an SQLAlchemy database URL "
                 "such as sqlite:////var/lib/training/history.db or postgresql+psycopg://user@host/db."

@@ -15,6 +15,7 @@ one else is left to record their end.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -147,19 +148,33 @@ def _noted_histories(jobs: dict[str, Any]) -> list[str]:
 
 
 def _end_jobs(jobs: dict[str, Any], noted: list[str]) -> None:
-    """Mark the unfinished jobs of the stopped cluster LOST, then drop its stale record."""
+    """Mark the unfinished jobs of the stopped cluster LOST, and leave a note of why it stopped for ``trainctl status``.
+
+    The watchdog's own output goes to the holder's log, which goes with the stale record, so
+    the note is the only lasting trace.
+    """
     # Imported only now: the watchdog waits with as little loaded as it can.
     from resources.history import history_exists
     from resources.local_registry import LocalRegistry
     from resources.recorder import mark_lost_within, other_histories
 
     cluster, own = str(jobs["cluster"]), jobs.get("history_url")
-    urls = ([own] if own and history_exists(own) else []) + other_histories(own, noted)
-    message = f"its cluster stopped because {jobs.get('holder') or 'the process that held it'} exited"
-    if not mark_lost_within(urls, cluster, message=message, timeout_s=HISTORY_WAIT_S):
-        logger.warning("Stopped waiting for the job histories of %s after %g s", cluster, HISTORY_WAIT_S)
-    # Reading the record removes it, with its notes, when its holder is gone; a new cluster's record stays.
-    LocalRegistry(Path(jobs["registry"])).get(cluster)
+    registry = LocalRegistry(Path(jobs["registry"]))
+    # The jobs are matched by cluster name, so the name stays reserved while they are marked: a new
+    # cluster of that name cannot start meanwhile. Taking the name also drops the stale record.
+    if not registry.claim(cluster):
+        logger.warning("Left the jobs of %s as they are: a new cluster has taken its name", cluster)
+        return
+    try:
+        reason = f"{jobs.get('holder') or 'the process that held it'} exited"
+        urls = ([own] if own and history_exists(own) else []) + other_histories(own, noted)
+        message = f"its cluster stopped because {reason}"
+        if not mark_lost_within(urls, cluster, message=message, timeout_s=HISTORY_WAIT_S):
+            logger.warning("Stopped waiting for the job histories of %s after %g s", cluster, HISTORY_WAIT_S)
+            reason += ". Its unfinished jobs may still show RUNNING, because a job history did not respond in time"
+        registry.write_ending(cluster, reason, datetime.datetime.now(datetime.UTC))
+    finally:
+        registry.release_claim(cluster)
 
 
 if __name__ == "__main__":

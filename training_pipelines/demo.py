@@ -74,7 +74,11 @@ def _failed_gate(result: dg.ExecuteInProcessResult) -> str | None:
     The check blocks promotion on purpose, so Dagster fails the evaluation step and skips
     ``production_model``: an expected outcome of a retrain, not an error of the demo.
     """
-    failed_steps = {event.step_key for event in result.all_events if event.is_step_failure}
+    failures = [event for event in result.all_events if event.is_step_failure]
+    failed_steps = {event.step_key for event in failures}
+    errors = {event.step_failure_data.error.cls_name for event in failures if event.step_failure_data.error}
+    if errors != {"DagsterAssetCheckFailedError"}:
+        return None
     failed_checks = [evaluation for evaluation in result.get_asset_check_evaluations() if not evaluation.passed]
     if failed_steps != {"ranking_model_evaluation"} or [check.check_name for check in failed_checks] != [AUC_CHECK]:
         return None

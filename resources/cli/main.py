@@ -209,6 +209,8 @@ def handle_errors(command: F) -> F:
         except BrokenPipeError:
             # The reader of the output has gone, as `head` does in `trainctl history | head`. Like other
             # command-line tools, stop without a message, and keep Python's exit flush from failing again.
+            if command.__name__ == "submit":
+                click.echo("The reader of the job's log exited, so the job was stopped.", err=True)
             try:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             except (OSError, ValueError):
@@ -785,9 +787,9 @@ def logs(
             clusters.find(name)
         except ClusterNotFoundError as err:
             if record is None and job_id is not None:
+                listed = "" if history is None else f" `trainctl history --cluster {name}` lists its jobs."
                 raise CommandError(
-                    f"No job {job_id!r} in the job history, and its cluster {name} is gone. "
-                    f"`trainctl history --cluster {name}` lists the jobs of that cluster.",
+                    f"No job {job_id!r} in the job history, and no cluster {name} is running.{listed}",
                     EXIT_NOT_FOUND,
                 ) from err
             if record is None:

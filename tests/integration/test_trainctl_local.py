@@ -299,6 +299,9 @@ def test_killed_keeper_leaves_jobs_lost(env: dict[str, str], tmp_path: Path) -> 
         store.close()
     assert not (registry / "exp-orphan.json").exists()
     assert not (registry / "exp-orphan.histories").exists()
+    status = run_trainctl(env, "status", "exp-orphan")
+    assert status.returncode == 4
+    assert "because its keeper process exited." in status.stderr
 
 
 def test_lists_a_run_cluster_and_protects_it(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

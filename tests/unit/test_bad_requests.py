@@ -51,6 +51,7 @@ MEMORY_MINIMUM_FIX = "Use at least '512Mi'. A number without a unit is bytes"
 LABEL_FIX = "Use at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
 NAME_FIX = "Use lowercase letters, digits and '-', a letter first, at most 53 characters."
 NAMESPACE_FIX = "Use lowercase letters, digits and '-', at most 63 characters."
+OBJECT_STORE_MINIMUM_FIX = "Use 75Mi or more, such as '128Mi'."
 IMAGE_PREFIX_FIX = "Use an image starting with 'rayproject/ray:' or 'docker.io/rayproject/ray:'."
 IMAGE_TAG_FIX = "Pin the image with a version tag"
 GPU_TYPES_FIX = "Use one of a100, a10g, h100, h200, l4, t4."
@@ -123,7 +124,7 @@ SHARED_CASES = [
     pytest.param({"memory_per_worker": "2"}, "memory_per_worker", MEMORY_MINIMUM_FIX, id="memory-2-bytes"),
     pytest.param({"memory_per_worker": "100Mi"}, "memory_per_worker", MEMORY_MINIMUM_FIX, id="memory-100Mi"),
     pytest.param({"object_store_memory": "lots"}, "object_store_memory", UNPARSED_MEMORY_FIX, id="store-word"),
-    pytest.param({"object_store_memory": "64Mi"}, "object_store_memory", "Use 75Mi or more, such as '128Mi'.", id="store-small"),
+    pytest.param({"object_store_memory": "64Mi"}, "object_store_memory", OBJECT_STORE_MINIMUM_FIX, id="store-small"),
     pytest.param({"team": "Ranking & Recs!"}, "team", LABEL_FIX, id="team-symbols"),
     pytest.param({"team": "ranking team"}, "team", LABEL_FIX, id="team-space"),
     pytest.param({"team": "-ranking"}, "team", LABEL_FIX, id="team-leading-dash"),
@@ -489,7 +490,7 @@ def test_trainctl_local_small_object_store_names_variable(
 
     code, _, stderr = trainctl(env, "up", "--backend", "local", "--workers", "1", "--name", "exp-store")
 
-    assert_invalid_request(code, stderr, "RAY_OBJECT_STORE_MEMORY", "Use 75Mi or more, such as '128Mi'.")
+    assert_invalid_request(code, stderr, "RAY_OBJECT_STORE_MEMORY", OBJECT_STORE_MINIMUM_FIX)
     assert spawned == []
 
 

@@ -363,3 +363,22 @@ def test_kuberay_history_notes_follow_the_cluster(tmp_path: Path, monkeypatch: p
     left = sorted(path.name.split(".")[0] for path in tmp_path.glob("kuberay/*/ml-training/*.histories"))
     assert left == ["exp-a", "exp-by-hand"]
     assert {path.stat().st_mode & 0o777 for path in tmp_path.glob("kuberay/*/ml-training/*.histories")} == {0o700}
+
+
+def test_run_cluster_tells_watchdog_where_jobs_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINCTL_HOME", str(tmp_path / "state"))
+    monkeypatch.setattr(cluster_module, "record_of", lambda cluster, **_: SimpleNamespace(name=cluster.name))
+    monkeypatch.setattr(LocalRegistry, "write", lambda self, record: None)
+    watched: list[dict[str, object]] = []
+    fake = SimpleNamespace(name="run-3", watch_jobs=lambda **where: watched.append(where))
+    resource = RayClusterResource(history_url=f"sqlite:///{tmp_path / 'runs.db'}")
+
+    resource._register(fake, SimpleNamespace(dashboard_url="http://127.0.0.1:9"), asset=None)  # type: ignore[arg-type]
+
+    assert watched == [
+        {
+            "registry": tmp_path / "state" / "clusters",
+            "history_url": f"sqlite:///{tmp_path / 'runs.db'}",
+            "holder": "the Dagster run's process",
+        }
+    ]

@@ -59,7 +59,9 @@ def test_demo_rejects_day_without_next_day(capsys: pytest.CaptureFixture[str]) -
     assert "the days that have a next day" in capsys.readouterr().err
 
 
-def gate_run(*, passed: bool, fail_production: bool = False) -> dg.ExecuteInProcessResult:
+def gate_run(
+    *, passed: bool, fail_production: bool = False, fail_after_check: bool = False
+) -> dg.ExecuteInProcessResult:
     """Run stand-ins of the evaluation and promotion assets whose AUC check passes or fails."""
 
     @dg.asset(
@@ -74,6 +76,8 @@ def gate_run(*, passed: bool, fail_production: bool = False) -> dg.ExecuteInProc
             severity=dg.AssetCheckSeverity.ERROR,
             description="No AUC on 1997-12-11: the hold-out has 0 event(s) and needs both labels",
         )
+        if fail_after_check:
+            raise OSError("the evaluation report could not be written")
 
     @dg.asset(name="production_model", deps=[evaluation])
     def production() -> None:
@@ -99,6 +103,8 @@ def test_demo_failed_gate_is_an_outcome(capsys: pytest.CaptureFixture[str]) -> N
 def test_demo_other_failures_stay_failures() -> None:
     assert demo._failed_gate(gate_run(passed=True, fail_production=True)) is None
     assert demo._failed_gate(gate_run(passed=True)) is None
+    # An error of the step itself is a failure even when the check failed too.
+    assert demo._failed_gate(gate_run(passed=False, fail_after_check=True)) is None
 
 
 def test_demo_check_name_matches_definitions() -> None:

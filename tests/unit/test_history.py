@@ -576,3 +576,23 @@ def test_new_sqlite_file_is_owner_only(tmp_path: Path) -> None:
     # The history keeps the jobs' last log lines.
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_default_history_made_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINCTL_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("TRAINING_HISTORY_URL", raising=False)
+    default, shared = tmp_path / "state" / "history.db", tmp_path / "team" / "history.db"
+    for path in (default, shared):
+        # As an earlier version left it, readable by every user.
+        path.parent.mkdir(parents=True)
+        with JobHistory(f"sqlite:///{path}"):
+            pass
+        path.chmod(0o644)
+
+    for url in (None, f"sqlite:///{shared}"):
+        with JobHistory(url):
+            pass
+
+    assert default.stat().st_mode & 0o777 == 0o600
+    # A history that the user placed elsewhere keeps the permissions the user chose.
+    assert shared.stat().st_mode & 0o777 == 0o644

@@ -21,6 +21,7 @@ class LosingCluster:
     def __init__(self, events: list[str], head_gone: threading.Event) -> None:
         self.events = events
         self.head_gone = head_gone
+        self.watched: list[dict[str, object]] = []
 
     def start(self) -> SimpleNamespace:
         return SimpleNamespace(dashboard_url="http://127.0.0.1:9", startup_s=0.1)
@@ -28,8 +29,8 @@ class LosingCluster:
     def exited_nodes(self) -> list[str]:
         return ["head"]
 
-    def watch_jobs(self, **_: object) -> None:
-        pass
+    def watch_jobs(self, **where: object) -> None:
+        self.watched.append(where)
 
     def stop(self) -> None:
         self.events.append("cluster stopped")
@@ -202,3 +203,22 @@ def test_stop_request_after_stop_keeps_note(monkeypatch: pytest.MonkeyPatch, cap
     assert took_s < 5
     assert events == ["ending written: Ray head exited", "cluster stopped", "record removed"]
     assert "Stopped waiting" not in caplog.text
+
+
+@pytest.mark.usefixtures("keeper")
+def test_keeper_tells_watchdog_where_jobs_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINING_HISTORY_URL", f"sqlite:///{tmp_path / 'history.db'}")
+    monkeypatch.setattr(local_keeper, "_end_jobs_everywhere", lambda *_: None)
+    events: list[str] = []
+    cluster = LosingCluster(events, threading.Event())
+
+    local_keeper.hold(cluster, registry=Registry(events), ttl_s=60.0, details={})  # type: ignore[arg-type]
+
+    # If the keeper is killed, its watchdog marks the jobs LOST in this history and those noted in the registry.
+    assert cluster.watched == [
+        {
+            "registry": Path("clusters"),
+            "history_url": f"sqlite:///{tmp_path / 'history.db'}",
+            "holder": "its keeper process",
+        }
+    ]

@@ -283,6 +283,11 @@ def test_reaper_marks_jobs_lost(processes: ProcessTracker, tmp_path: Path) -> No
         assert record is not None
         assert record.status == "LOST"
         assert record.message == "its cluster stopped because its keeper process exited"
+    # The watchdog's output goes with the keeper's log, so `trainctl status` reads why from this note.
+    ending = registry.ending("exp-dead")
+    assert ending is not None
+    assert ending.reason == "its keeper process exited"
+    assert not (registry.root / "exp-dead.starting").exists()
 
 
 def test_reaper_ignores_jobs_after_release(processes: ProcessTracker, tmp_path: Path) -> None:
@@ -299,3 +304,25 @@ def test_reaper_ignores_jobs_after_release(processes: ProcessTracker, tmp_path: 
         record = history.get("job-own")
     assert record is not None
     assert record.status == "RUNNING"
+
+
+def test_reaper_spares_jobs_of_new_cluster_with_the_name(processes: ProcessTracker, tmp_path: Path) -> None:
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    record_running_job(own, "job-new", "exp-reused")
+    registry = LocalRegistry(tmp_path / "clusters")
+    # A new `trainctl up` in this process has taken the name by the time the watchdog marks the jobs.
+    assert registry.claim("exp-reused")
+    leader = processes.start(["sleep", "60"], start_new_session=True)
+    reaper = start_reaper(processes)
+
+    line = jobs_line(cluster="exp-reused", registry=registry.root, history_url=own, holder="its keeper process")
+    send_lines(reaper, [f"watch {leader.pid}", line])
+    close_stdin(reaper)
+
+    assert wait_until(lambda: reaper.poll() is not None, timeout_s=30)
+    assert leader.poll() is not None
+    with JobHistory(own) as history:
+        record = history.get("job-new")
+    assert record is not None
+    assert record.status == "RUNNING"
+    assert registry.ending("exp-reused") is None

@@ -225,7 +225,7 @@ def test_logs_names_unknown_job_of_gone_cluster(env: dict[str, str]) -> None:
     code, _, err = invoke(env, "logs", "exp-gone", "--job", "job-9")
 
     assert code == 4
-    assert "No job 'job-9' in the job history, and its cluster exp-gone is gone." in err
+    assert "No job 'job-9' in the job history, and no cluster exp-gone is running." in err
     assert "trainctl history --cluster exp-gone" in err
 
 
