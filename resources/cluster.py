@@ -347,7 +347,7 @@ class RayClusterResource(ConfigurableResource):  # type: ignore[type-arg]
         return load_policy(self.policy_file)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
-        # Only a cluster that became ready is reported: a failed start has already said what it left.
+        # Only a cluster that became ready is reported, because a failed start has already reported what it left.
         name = None if self._cluster is None or self._cluster.info is None else self._cluster.name
         self.stop()
         if name is not None and context.log is not None:

@@ -288,7 +288,7 @@ def test_run_cluster_stop_marks_noted_jobs_lost(tmp_path: Path, monkeypatch: pyt
     assert not registry.histories_path("run-1").exists()
 
 
-def test_run_cluster_stop_bounds_wait_for_stalled_noted_history(
+def test_run_stop_bounds_stalled_history(
     tmp_path: Path, silent_server: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("TRAINING_HISTORY_URL", f"sqlite:///{tmp_path / 'default.db'}")

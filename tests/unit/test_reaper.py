@@ -306,7 +306,7 @@ def test_reaper_ignores_jobs_after_release(processes: ProcessTracker, tmp_path: 
     assert record.status == "RUNNING"
 
 
-def test_reaper_spares_jobs_of_new_cluster_with_the_name(processes: ProcessTracker, tmp_path: Path) -> None:
+def test_reaper_spares_reused_name(processes: ProcessTracker, tmp_path: Path) -> None:
     own = f"sqlite:///{tmp_path / 'own.db'}"
     record_running_job(own, "job-new", "exp-reused")
     registry = LocalRegistry(tmp_path / "clusters")
